@@ -78,15 +78,20 @@ class NodeLifecycleConfig:
     """The seed's behaviour: every heartbeat a new version and an event (kept for comparison runs)."""
     reap_grace_s: float = 10.0
     """After recovering from LOCAL_ONLY, the reaper waits this long: nodes could not heartbeat either."""
+    reap_interval_s: float = 0.0
+    """How often this instance runs the reaper (0: it does not; any number of instances may)."""
 
     def __post_init__(self) -> None:
         _positive("nodes.dead_after_s", self.dead_after_s)
         _positive("nodes.ttl_s", self.ttl_s)
         if self.ttl_s <= self.dead_after_s:
-            raise ConfigError("nodes.ttl_s", self.ttl_s, f"a number > nodes.dead_after_s ({self.dead_after_s})")
+            raise ConfigError(
+                "nodes.ttl_s", self.ttl_s, f"a number > nodes.dead_after_s ({self.dead_after_s})"
+            )
         if not 0.0 <= self.load_tolerance <= 1.0:
             raise ConfigError("nodes.load_tolerance", self.load_tolerance, "a number in [0, 1]")
         _positive("nodes.reap_grace_s", self.reap_grace_s, allow_zero=True)
+        _positive("nodes.reap_interval_s", self.reap_interval_s, allow_zero=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,7 +196,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         raise ConfigError(f"{prefix}{unknown[0]}", data[unknown[0]], f"one of the keys {', '.join(fields)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        default = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        default = (
+            fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        )
         sub = default() if default is not None else None
         if dataclasses.is_dataclass(sub):
             kwargs[name] = _build(type(sub), value, f"{prefix}{name}.")
@@ -200,4 +207,6 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise ConfigError(prefix.rstrip(".") or "config", data, f"fields of the right types ({exc})") from None
+        raise ConfigError(
+            prefix.rstrip(".") or "config", data, f"fields of the right types ({exc})"
+        ) from None

@@ -75,4 +75,6 @@ class JournalFull(LocklessError):
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        super().__init__(f"write journal is full ({capacity} entries, modes.journal_capacity); write rejected")
+        super().__init__(
+            f"write journal is full ({capacity} entries, modes.journal_capacity); write rejected"
+        )

@@ -82,9 +82,7 @@ class HistogramSummary:
         if hist.get_total_count() == 0:
             return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0)
         pct = hist.get_value_at_percentile
-        return cls(
-            hist.get_total_count(), pct(50), pct(95), pct(99), pct(99.9), float(hist.get_max_value())
-        )
+        return cls(hist.get_total_count(), pct(50), pct(95), pct(99), pct(99.9), float(hist.get_max_value()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,7 +193,9 @@ class L1Store:
         if node_id not in index.nodes:
             index.negative[node_id] = self._expiry(now, self.negative_ttl_s)
 
-    def replace_pool(self, pool: str, nodes: Iterable[NodeSnapshot], now: float, *, reset: bool = False) -> None:
+    def replace_pool(
+        self, pool: str, nodes: Iterable[NodeSnapshot], now: float, *, reset: bool = False
+    ) -> None:
         """Install a relist of ``pool``: it becomes exactly ``nodes``.
 
         Cached snapshots newer than the relisted ones are kept (the relist read them

@@ -146,7 +146,9 @@ class RedisStore:
 
         return await self._call(name, run)
 
-    async def _pipeline_evalsha(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list:
+    async def _pipeline_evalsha(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list:
         sha = self._shas[name]
 
         async def run() -> list:
@@ -177,23 +179,25 @@ class RedisStore:
         args += [f["resources"], f["labels"]]
 
         async def run() -> int:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.sadd(self.keys.pools(), spec.pool)
-            pipe.evalsha(self._shas["register"], 6, *self.keys.script_keys(spec.pool, spec.node_id), *args)
-            replies = await pipe.execute(raise_on_error=False)
-            if isinstance(replies[1], NoScriptError):
-                await self.load_scripts_raw()
-                return int(await self.client.evalsha(self._shas["register"], 6,
-                                                     *self.keys.script_keys(spec.pool, spec.node_id), *args))
-            if isinstance(replies[1], Exception):
-                raise replies[1]
-            return int(replies[1])
+            for attempt in (0, 1):
+                # The pools set lives outside the pool's slot, so it is not touched by the script;
+                # pipelining keeps the registration one round trip.
+                pipe = self.client.pipeline(transaction=False)
+                pipe.sadd(self.keys.pools(), spec.pool)
+                pipe.evalsha(
+                    self._shas["register"], 6, *self.keys.script_keys(spec.pool, spec.node_id), *args
+                )
+                replies = await pipe.execute(raise_on_error=False)
+                if attempt == 0 and isinstance(replies[1], NoScriptError):
+                    await self.client.script_load(scripts.REGISTER)
+                    continue
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                return int(replies[1])
+            raise AssertionError("unreachable")
 
         return await self._call("register", run)
-
-    async def load_scripts_raw(self) -> None:
-        for body in scripts.ALL.values():
-            await self.client.script_load(body)
 
     def _heartbeat_call(self, beat: Heartbeat) -> tuple[list[str], list[Any]]:
         args: list[Any] = self._base_args(beat.pool, beat.node_id)
@@ -229,7 +233,11 @@ class RedisStore:
 
     async def remove(self, pool: str, node_id: str) -> int:
         """Remove the node; returns the removal's version, 0 if it did not exist."""
-        return int(await self._evalsha("remove", self.keys.script_keys(pool, node_id), self._base_args(pool, node_id)))
+        return int(
+            await self._evalsha(
+                "remove", self.keys.script_keys(pool, node_id), self._base_args(pool, node_id)
+            )
+        )
 
     async def job_start(self, pool: str, node_id: str, job_id: str) -> Admission:
         """Admission control (see ``scripts.JOB_START``)."""
@@ -247,16 +255,24 @@ class RedisStore:
             max_jobs=int(max_jobs),
         )
 
-    async def job_finish(self, pool: str, node_id: str, job_id: str) -> tuple[bool, int]:
-        """Release ``job_id``; returns (released, node version)."""
+    async def job_finish(self, pool: str, node_id: str, job_id: str) -> tuple[bool, int, int]:
+        """Release ``job_id``; returns (released, node version, current_jobs). Version 0: unknown node."""
         args = [*self._base_args(pool, node_id), job_id]
-        released, version, _cur = await self._evalsha("job_finish", self.keys.script_keys(pool, node_id), args)
-        return bool(int(released)), int(version)
+        released, version, cur = await self._evalsha("job_finish", self.keys.script_keys(pool, node_id), args)
+        return bool(int(released)), int(version), int(cur)
 
     async def reap(self, pool: str, *, limit: int = 1000) -> list[str]:
         """Remove nodes whose heartbeat is older than ``dead_after``; returns their ids."""
-        args = [self.keys.events(pool), pool, self._epoch_token, self._log_max, self._dead_ms,
-                self.keys.node_prefix(pool), self.keys.jobs_prefix(pool), str(limit)]
+        args = [
+            self.keys.events(pool),
+            pool,
+            self._epoch_token,
+            self._log_max,
+            self._dead_ms,
+            self.keys.node_prefix(pool),
+            self.keys.jobs_prefix(pool),
+            str(limit),
+        ]
         return list(await self._evalsha("reap", self.keys.reap_keys(pool), args))
 
     # ---------------------------------------------------------------- reads
@@ -265,7 +281,9 @@ class RedisStore:
         raw = await self._call("HGETALL", lambda: self.client.hgetall(self.keys.node(pool, node_id)))
         return parse_node_hash(pool, node_id, raw) if raw else None
 
-    async def get_nodes(self, pool: str, node_ids: Sequence[str]) -> dict[str, NodeSnapshot | MalformedRecord | None]:
+    async def get_nodes(
+        self, pool: str, node_ids: Sequence[str]
+    ) -> dict[str, NodeSnapshot | MalformedRecord | None]:
         """Several records in one pipelined round trip; a bad record maps to its MalformedRecord."""
         if not node_ids:
             return {}
@@ -308,6 +326,19 @@ class RedisStore:
 
         seq, epoch = await self._call("GET seq/epoch", run)
         return int(seq or 0), epoch
+
+    async def pool_states(self, pools: Sequence[str]) -> dict[str, tuple[int, str | None]]:
+        """``pool_state`` of several pools in one round trip (the registry's liveness probe)."""
+
+        async def run() -> list:
+            pipe = self.client.pipeline(transaction=False)
+            for pool in pools:
+                pipe.get(self.keys.seq(pool))
+                pipe.get(self.keys.epoch(pool))
+            return await pipe.execute()
+
+        flat = await self._call("GET seq/epoch", run)
+        return {pool: (int(flat[2 * i] or 0), flat[2 * i + 1]) for i, pool in enumerate(pools)}
 
     async def relist(self, pool: str, *, batch: int = 1000) -> PoolListing:
         """Read ``seq`` first, then every alive node (ZRANGE + pipelined HGETALL) (DESIGN.md section 5.3)."""
