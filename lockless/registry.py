@@ -540,7 +540,7 @@ class LocklessRegistry:
     # ======================================================= event application
     # Subscriber callbacks run in the subscriber task; they only enqueue, so that every
     # L1 mutation stays in the applier task, in order.
-    def on_message(self, channel: str, data: str) -> None:
+    def on_message(self, channel: str, data: bytes) -> None:
         self._heard()
         self._queue.put_nowait(("event", channel, data))
 
@@ -583,7 +583,7 @@ class LocklessRegistry:
                 if isinstance(payload, asyncio.Future) and not payload.done():
                     payload.set_exception(exc)
 
-    async def _on_event(self, channel: str, data: str) -> None:
+    async def _on_event(self, channel: str, data: bytes) -> None:
         pool = self.store.keys.pool_of_channel(channel)
         try:
             event = parse_event(data)
@@ -599,6 +599,18 @@ class LocklessRegistry:
         await self._judge(event, live=True)
 
     async def _judge(self, event: ChangeEvent, *, live: bool) -> None:
+        known = self.sequencer.epoch(event.pool)
+        if event.epoch is not None and known != event.epoch:
+            if known is None and self.sequencer.last_seq(event.pool) is not None:
+                # Listed before its first write: this is the epoch that write created.
+                self.sequencer.synced(event.pool, self.sequencer.last_seq(event.pool) or 0, event.epoch)
+            else:
+                # Redis lost its data: seqs restarted, so the event cannot be placed by seq.
+                self._signal(Signal.STREAM_LOST, f"pool {event.pool} epoch changed")
+                await self._relist(event.pool)
+                if self.modes.mode is Mode.L2_ONLY and not self._recovering:
+                    self._queue.put_nowait(("recover", "", f"pool {event.pool} relisted after epoch change"))
+                return
         decision = self.sequencer.on_event(event.pool, event.seq)
         if decision == APPLY:
             self._apply(event, live=live)
@@ -758,6 +770,11 @@ class LocklessRegistry:
                 self._queue.put_nowait(("recover", "", "probe found the stream healthy"))
             return
         for pool, (seq, epoch) in states.items():
+            last = self.sequencer.last_seq(pool)
+            if self.sequencer.epoch(pool) is None and epoch is not None and last is not None and seq >= last:
+                # Listed before its first write: learn the epoch that write created, so that a
+                # later loss of data is recognised.
+                self.sequencer.synced(pool, last, epoch)
             if self.sequencer.epoch_changed(pool, epoch):
                 self._signal(Signal.STREAM_LOST, f"pool {pool} epoch changed")
                 self._queue.put_nowait(("recover", "", f"pool {pool} relisted after epoch change"))

@@ -86,5 +86,10 @@ class PoolSequencer:
         return last is None or redis_seq > last
 
     def epoch_changed(self, pool: str, epoch: str | None) -> bool:
-        """True if ``epoch`` differs from the one this instance synced (Redis lost its data)."""
-        return pool in self._epoch and self._epoch[pool] != epoch
+        """True if ``epoch`` differs from the one this instance synced (Redis lost its data).
+
+        A pool first listed before any write had no epoch yet; the first write creating
+        one is not a loss of data.
+        """
+        known = self._epoch.get(pool)
+        return known is not None and known != epoch

@@ -154,6 +154,8 @@ class ChangeEvent:
     record: NodeSnapshot | None
     #: Redis server time (ms) at which the script ran: the start of propagation delay.
     ts_ms: int
+    #: The pool's epoch when the event was written (a changed epoch means Redis lost its data).
+    epoch: str | None = None
 
 
 def _check_name(field_name: str, value: object) -> None:
@@ -258,7 +260,11 @@ def parse_event(raw: str | bytes) -> ChangeEvent:
         if not isinstance(rec, dict):
             raise MalformedRecord(node_id, "rec", f"is {type(rec).__name__}, not the node record")
         record = parse_node_hash(pool, node_id, rec)
+    epoch = doc.get("epoch")
+    if epoch is not None and not isinstance(epoch, str):
+        raise MalformedRecord(node_id, "epoch", f"is {epoch!r}, not a string")
     return ChangeEvent(
+        epoch=epoch,
         pool=pool,
         seq=numbers["seq"],
         op=op,

@@ -28,8 +28,16 @@ local function now_ms()
 end
 -- The epoch token marks one life of the pool's data: a Redis that lost its data comes
 -- back without it, the next mutation sets a new one, and readers see the change.
+-- The token is the writer's random id plus the server time, so that the same writer
+-- re-creating a pool after data loss still makes a new epoch.
+local function ensure_epoch(key, token)
+  if redis.call('EXISTS', key) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', key, token .. '-' .. t[1] .. '.' .. t[2])
+  end
+end
 local function next_seq()
-  redis.call('SET', KEYS[5], ARGV[4], 'NX')
+  ensure_epoch(KEYS[5], ARGV[4])
   return redis.call('INCR', KEYS[4])
 end
 local function record()
@@ -43,8 +51,8 @@ local function touch()
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
 end
 local function emit(seq, op, version, ts, rec)
-  local doc = cjson.encode({seq = seq, op = op, pool = ARGV[2], node = ARGV[3],
-                            version = version, ts = ts, rec = rec})
+  local doc = cjson.encode({seq = seq, op = op, pool = ARGV[2], node = ARGV[3], version = version,
+                            ts = ts, epoch = redis.call('GET', KEYS[5]), rec = rec})
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'e', doc)
   redis.call('PUBLISH', ARGV[1], doc)
 end
@@ -205,6 +213,12 @@ return {1, seq, cur}
 # Concurrent reapers are safe: a node is removed (and announced) by exactly one of them.
 # returns: the reaped node ids
 REAP = r"""
+local function ensure_epoch(key, token)
+  if redis.call('EXISTS', key) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', key, token .. '-' .. t[1] .. '.' .. t[2])
+  end
+end
 local t = redis.call('TIME')
 local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (ts - tonumber(ARGV[5])),
@@ -212,10 +226,10 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (ts - tonumber(
 for _, id in ipairs(dead) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('DEL', ARGV[6] .. id, ARGV[7] .. id)
-  redis.call('SET', KEYS[3], ARGV[3], 'NX')
+  ensure_epoch(KEYS[3], ARGV[3])
   local seq = redis.call('INCR', KEYS[2])
   local doc = cjson.encode({seq = seq, op = 'reap', pool = ARGV[2], node = id,
-                            version = seq, ts = ts})
+                            version = seq, ts = ts, epoch = redis.call('GET', KEYS[3])})
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', doc)
   redis.call('PUBLISH', ARGV[1], doc)
 end

@@ -44,8 +44,8 @@ class LinkDead(Exception):
 class SubscriberSink(Protocol):
     """What the subscriber reports to (implemented by the registry)."""
 
-    def on_message(self, channel: str, data: str) -> None:
-        """One published message, in arrival order."""
+    def on_message(self, channel: str, data: bytes) -> None:
+        """One published message (raw bytes, decoded by the sink), in arrival order."""
 
     def on_subscribed(self, reconnect: bool) -> None:
         """Every channel is subscribed; ``reconnect`` is False only for the very first session."""
@@ -117,7 +117,9 @@ class Subscriber:
             socket_timeout=self.config.ping_interval_s + self.config.pong_timeout_s + cfg.socket_timeout_s,
             socket_connect_timeout=cfg.connect_timeout_s,
             retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
+            # Bytes, not str: a payload that is not UTF-8 must reach the sink (to be counted as
+            # malformed) instead of killing the session; and redis-py misparses a decoded PONG.
+            decode_responses=False,
         )
 
     async def _session(self) -> None:
@@ -146,14 +148,14 @@ class Subscriber:
                     continue
                 kind = msg["type"]
                 if kind == "message":
-                    self.sink.on_message(msg["channel"], msg["data"])
+                    self.sink.on_message(msg["channel"].decode(), msg["data"])
                 elif kind == "pong":
                     rtt = loop.time() - ping_sent if ping_sent is not None else 0.0
                     ping_sent = None
                     next_ping = loop.time() + self.config.ping_interval_s
                     self.sink.on_pong(rtt)
                 elif kind == "subscribe":
-                    channel = msg["channel"]
+                    channel = msg["channel"].decode()
                     if channel in confirmed:
                         raise LinkDead(f"channel {channel} re-subscribed: events may have been missed")
                     confirmed.add(channel)

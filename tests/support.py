@@ -1,0 +1,59 @@
+"""Helpers shared by async tests: build registries on a test's namespace, wait on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from lockless.config import (
+    CacheConfig,
+    NodeLifecycleConfig,
+    RedisConfig,
+    RegistryConfig,
+    SubscriberConfig,
+)
+from lockless.core.modes import ModeThresholds
+from lockless.redis.store import RedisStore
+
+
+async def eventually(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``condition`` on the running loop until truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.005)  # yields to the tasks under test; the deadline bounds the wait
+
+
+def fast_config(url: str, ns: str, pools: tuple[str, ...] = ("p",), **cache: object) -> RegistryConfig:
+    """A registry config with short timeouts, so fault tests detect faults in well under a second."""
+    return RegistryConfig(
+        pools=pools,
+        redis=RedisConfig(
+            url=url, namespace=ns, socket_timeout_s=0.25, connect_timeout_s=0.25, pool_timeout_s=0.25
+        ),
+        nodes=NodeLifecycleConfig(dead_after_s=30.0, ttl_s=120.0),
+        cache=CacheConfig(**cache),  # type: ignore[arg-type]
+        subscriber=SubscriberConfig(
+            ping_interval_s=0.1, pong_timeout_s=0.25, reconnect_base_s=0.02, reconnect_max_s=0.2
+        ),
+        modes=ModeThresholds(
+            failures_to_local=2, probes_to_recover=2, probe_interval_s=0.05, probe_backoff_max_s=0.2
+        ),
+    )
+
+
+def store_for(config: RegistryConfig) -> RedisStore:
+    """A bare store on the same namespace: Redis truth, or a writer that is not a cache instance."""
+    return RedisStore(config.redis, config.nodes)
+
+
+async def redis_view(store: RedisStore, pool: str) -> dict[str, tuple[int, int, str]]:
+    """Redis truth of a pool as node id -> (version, current_jobs, status)."""
+    listing = await store.relist(pool)
+    return {n.node_id: (n.version, n.current_jobs, n.status) for n in listing.nodes}
+
+
+def cache_view(registry, pool: str) -> dict[str, tuple[int, int, str]]:
+    return {i: (n.version, n.current_jobs, n.status) for i, n in registry.cached_nodes(pool).items()}
