@@ -76,5 +76,5 @@ class JournalFull(LocklessError):
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         super().__init__(
-            f"write journal is full ({capacity} entries, modes.journal_capacity); write rejected"
+            f"write journal is full ({capacity} entries, journal.capacity); write rejected"
         )

@@ -88,7 +88,7 @@ class WriteJournal:
 
     def __init__(self, capacity: int) -> None:
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-            raise ConfigError("modes.journal_capacity", capacity, "an integer >= 1")
+            raise ConfigError("journal.capacity", capacity, "an integer >= 1")
         self._capacity = capacity
         # index -> entry. A dict keeps insertion order and replacing a value keeps its
         # place, which is exactly in-place coalescing; the deque names the head in O(1)
@@ -191,7 +191,7 @@ class WriteJournal:
         if current != entry:
             return False
         # Removed only now, after Redis applied it: a crash or new failure before this
-        # point replays the entry again, which the idempotent scripts tolerate.
+        # point replays the entry again, which is safe: every write script may be repeated (DESIGN 3).
         self._order.popleft()
         del self._entries[entry.index]
         key = (entry.pool, entry.node_id)

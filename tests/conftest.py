@@ -1,0 +1,96 @@
+"""Shared fixtures: a real redis-server for the whole session, and disposable ones for fault tests.
+
+Tests never fake Redis (STYLE §2.11): the session starts ``redis-server`` itself through
+``sim.redis_server`` unless ``REDIS_URL`` names an external server. Tests share that
+server safely because each gets its own key namespace (``ns``).
+
+Tests that stop, pause, restart or flush a server use ``fault_server``: a fresh server
+per test, so the damage never reaches other tests. Against an external ``REDIS_URL``
+those tests are skipped, since we may not break a server we do not own; every test
+that uses ``fault_server`` (directly or through ``proxy``) is marked ``faults``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from sim.proxy import FaultProxy
+from sim.redis_server import RedisServer
+
+_EXTERNAL_URL = os.environ.get("REDIS_URL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Mark by fixture use, so `-m "not faults"` selects exactly the tests that leave servers alone.
+    for item in items:
+        if "fault_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.faults)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | None]:
+    """The session's own RedisServer, or ``None`` when ``REDIS_URL`` points at an external server."""
+    if _EXTERNAL_URL:
+        yield None
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer | None) -> str:
+    """URL of the shared server (``REDIS_URL`` if set). Do not stop, pause or flush it."""
+    if redis_server is None:
+        assert _EXTERNAL_URL is not None
+        return _EXTERNAL_URL
+    return redis_server.url
+
+
+@pytest.fixture
+def ns() -> str:
+    """A key namespace no other test uses, e.g. ``t-1a2b3c4d``."""
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+def _wait_until(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)  # poll interval; the deadline, not this sleep, bounds the wait
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """``wait_until(condition, timeout=5.0, what="...")``: poll until truthy, else fail the test."""
+    return _wait_until
+
+
+@pytest.fixture
+def fault_server() -> Iterator[RedisServer]:
+    """A fresh RedisServer for this test alone, free to kill, pause or restart; removed afterwards."""
+    if _EXTERNAL_URL:
+        pytest.skip("needs a server this suite started; REDIS_URL points at an external one")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.resume()  # a SIGSTOPped server would ignore the shutdown
+        server.cleanup()
+
+
+@pytest.fixture
+def proxy(fault_server: RedisServer) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of ``fault_server``; clients use ``proxy.url``."""
+    with FaultProxy(fault_server.host, fault_server.port) as fault_proxy:
+        yield fault_proxy
