@@ -75,6 +75,4 @@ class JournalFull(LocklessError):
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        super().__init__(
-            f"write journal is full ({capacity} entries, journal.capacity); write rejected"
-        )
+        super().__init__(f"write journal is full ({capacity} entries, journal.capacity); write rejected")

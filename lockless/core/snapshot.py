@@ -16,6 +16,7 @@ pool log; :func:`parse_event` turns one into a :class:`ChangeEvent`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -181,12 +182,42 @@ def _int_field(node_id: str, fields: Mapping[str, str], name: str, *, minimum: i
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _decode_resources(text: str) -> Mapping[str, float] | None:
+    # Cached: a fleet has few distinct resource shapes, and every event carries one.
+    # The frozen mapping is immutable, so sharing it between snapshots is safe.
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value.values()
+    ):
+        return None
+    return _freeze_resources(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_labels(text: str) -> frozenset[str] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        return None
+    return frozenset(value)
+
+
 def parse_node_hash(pool: str, node_id: str, raw: Mapping[Any, Any]) -> NodeSnapshot:
     """Decode a node hash (``HGETALL`` reply, bytes or str) into a snapshot.
 
     Raises :class:`MalformedRecord` naming the node and the first bad field.
+    This is on the event path (once per event per instance), so it avoids needless work.
     """
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    if all(type(k) is str and type(v) is str for k, v in raw.items()):
+        fields: Mapping[str, str] = raw
+    else:
+        fields = {_text(k): _text(v) for k, v in raw.items()}
     status = fields.get("status")
     if status not in STATUSES:
         raise MalformedRecord(node_id, "status", f"is {status!r}; allowed: {' | '.join(sorted(STATUSES))}")
@@ -196,24 +227,14 @@ def parse_node_hash(pool: str, node_id: str, raw: Mapping[Any, Any]) -> NodeSnap
         raise MalformedRecord(node_id, "load", f"is {fields.get('load')!r}, not a number") from None
     if not math.isfinite(load):
         raise MalformedRecord(node_id, "load", f"is {load}, not finite")
-    try:
-        resources = json.loads(fields.get("resources", "{}"))
-        if not isinstance(resources, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in resources.values()
-        ):
-            raise ValueError
-    except ValueError:
+    resources = _decode_resources(fields.get("resources", "{}"))
+    if resources is None:
         raise MalformedRecord(
-            node_id, "resources", f"is {fields.get('resources')!r}, not a JSON object of numbers"
-        ) from None
-    try:
-        labels = json.loads(fields.get("labels", "[]"))
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise ValueError
-    except ValueError:
-        raise MalformedRecord(
-            node_id, "labels", f"is {fields.get('labels')!r}, not a JSON list of strings"
-        ) from None
+            node_id, "resources", f"is {fields.get('resources')!r}, not a JSON object of finite numbers"
+        )
+    labels = _decode_labels(fields.get("labels", "[]"))
+    if labels is None:
+        raise MalformedRecord(node_id, "labels", f"is {fields.get('labels')!r}, not a JSON list of strings")
     return NodeSnapshot(
         node_id=node_id,
         pool=pool,
@@ -222,8 +243,8 @@ def parse_node_hash(pool: str, node_id: str, raw: Mapping[Any, Any]) -> NodeSnap
         max_jobs=_int_field(node_id, fields, "max_jobs"),
         current_jobs=_int_field(node_id, fields, "current_jobs"),
         load=load,
-        resources=_freeze_resources(resources),
-        labels=frozenset(labels),
+        resources=resources,
+        labels=labels,
         heartbeat_ms=_int_field(node_id, fields, "heartbeat_ms"),
     )
 

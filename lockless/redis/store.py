@@ -199,6 +199,21 @@ class RedisStore:
 
         return await self._call("register", run)
 
+    async def register_many(self, specs: Sequence[NodeSpec]) -> list[int]:
+        """Several registrations pipelined into one round trip (bulk loads, harness start-up)."""
+        if not specs:
+            return []
+        pools = sorted({s.pool for s in specs})
+        await self._call("SADD pools", lambda: self.client.sadd(self.keys.pools(), *pools))
+        calls = []
+        for spec in specs:
+            f = spec.to_hash_fields()
+            args = [*self._base_args(spec.pool, spec.node_id), f["status"], f["max_jobs"], f["load"]]
+            calls.append(
+                (self.keys.script_keys(spec.pool, spec.node_id), [*args, f["resources"], f["labels"]])
+            )
+        return [int(v) for v in await self._pipeline_evalsha("register", calls)]
+
     def _heartbeat_call(self, beat: Heartbeat) -> tuple[list[str], list[Any]]:
         args: list[Any] = self._base_args(beat.pool, beat.node_id)
         args += [repr(float(beat.load)), repr(self.nodes.load_tolerance)]

@@ -19,7 +19,7 @@ def plan(journal: WriteJournal) -> list[tuple[int, str, str, str]]:
 def test_capacity_is_validated(capacity):
     with pytest.raises(ConfigError) as info:
         WriteJournal(capacity)
-    assert info.value.field == "modes.journal_capacity"
+    assert info.value.field == "journal.capacity"
     assert "integer >= 1" in info.value.allowed
 
 
