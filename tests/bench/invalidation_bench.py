@@ -19,9 +19,9 @@ Results are printed and written to ``results/bench/invalidation-<utc>-<git8>.jso
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
 import json
+import logging
 import multiprocessing as mp
 import os
 import platform
