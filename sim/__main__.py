@@ -1,0 +1,154 @@
+"""Command line: ``lockless-sim run experiments/<name>.toml`` and ``lockless-sim compare DIR...``.
+
+``run`` replays an experiment against the embedded ``redis-server`` (or ``--redis-url``)
+and writes ``<out>/<name>/<utc>-<git8>-<cfghash8>/``; progress (elapsed, operations sent,
+harness lag) is shown while it runs. ``compare`` reads the ``summary.json`` of several run
+folders and prints operations x architectures with P50/P99 and ratios to lockless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lockless.errors import ConfigError, LocklessError
+
+console = Console(stderr=True)
+
+
+@click.group()
+def cli() -> None:
+    """SimPy harness for the lockless node registry (see experiments/README.md)."""
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--redis-url", default=None, help="Use this Redis instead of starting one (server faults refused)."
+)
+@click.option(
+    "--out",
+    "out",
+    default=Path("results"),
+    type=click.Path(file_okay=False, path_type=Path),
+    show_default=True,
+    help="Results root; the run goes to <out>/<name>/<run-id>/.",
+)
+@click.option("--duration", type=float, default=None, help="Override experiment.duration_s (seconds).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def run(experiment: Path, redis_url: str | None, out: Path, duration: float | None, quiet: bool) -> None:
+    """Run EXPERIMENT (a TOML file) and write its results folder."""
+    from sim.config import load_toml
+    from sim.report import write_run
+    from sim.runner import run_async
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_toml(experiment)
+        if duration is not None:
+            section = dataclasses.replace(
+                config.experiment, duration_s=duration, warmup_s=min(config.experiment.warmup_s, duration / 4)
+            )
+            config = dataclasses.replace(config, experiment=section)
+    except ConfigError as exc:
+        raise click.ClickException(f"{experiment}: {exc}") from None
+    archs = config.experiment.architectures
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        tasks = {a: bar.add_task(a, total=config.experiment.duration_s, status="waiting") for a in archs}
+
+        def progress(arch: str, elapsed: float, total: float, sent: int, lag_ms: float) -> None:
+            bar.update(
+                tasks[arch],
+                completed=min(elapsed, total),
+                status=f"{elapsed:6.1f}/{total:g} s  ops {sent:>9,}  lag P99 {lag_ms:7.2f} ms",
+            )
+
+        try:
+            outcome = asyncio.run(run_async(config, redis_url=redis_url, progress=progress))
+        except (ConfigError, LocklessError) as exc:
+            raise click.ClickException(str(exc)) from None
+    folder = write_run(outcome, out)
+    summary = json.loads((folder / "summary.json").read_text())
+    Console().print(_table([summary], [folder.name]))
+    click.echo(str(folder))
+
+
+@cli.command()
+@click.argument(
+    "dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+def compare(dirs: tuple[Path, ...]) -> None:
+    """Print operations x architectures (P50/P99, ratios to lockless) for run folders DIRS."""
+    summaries = []
+    for d in dirs:
+        path = d / "summary.json"
+        if not path.exists():
+            raise click.ClickException(f"{d}: no summary.json (is this a run folder?)")
+        summaries.append(json.loads(path.read_text()))
+    Console().print(_table(summaries, [d.name for d in dirs]))
+
+
+def _fmt(us: float) -> str:
+    return f"{us / 1000:.3f}" if us < 10_000 else f"{us / 1000:,.1f}"
+
+
+def _table(summaries: list[dict[str, Any]], names: list[str]) -> Table:
+    table = Table(title="latency from intended start, ms (ratio = arch / lockless of the same run)")
+    for col in ("run", "op", "arch", "count", "P50", "P99", "P50 x", "P99 x", "valid"):
+        table.add_column(col, justify="right" if col not in ("run", "op", "arch", "valid") else "left")
+    for summary, name in zip(summaries, names, strict=True):
+        archs = summary["architectures"]
+        ops = [
+            op
+            for op in ("select", "place", "get", "heartbeat", "register", "remove", "job_start", "job_finish")
+            if any(op in a["ops"] for a in archs.values())
+        ]
+        for op in ops:
+            for arch, a in archs.items():
+                s = a["ops"].get(op)
+                if s is None:
+                    continue
+                r = summary.get("ratios_vs_lockless", {}).get(arch, {}).get(op, {})
+                if not (a["valid"] and archs.get("lockless", {}).get("valid", False)):
+                    r = {}  # a ratio with an invalid side is not a result
+                valid = "yes" if a["valid"] else "INVALID"
+                p50, p99 = (_fmt(s["p50_us"]), _fmt(s["p99_us"])) if a["valid"] else ("INVALID", "INVALID")
+                table.add_row(
+                    f"{summary['experiment']}/{name}",
+                    op,
+                    arch,
+                    f"{s['count']:,}",
+                    p50,
+                    p99,
+                    f"{r['p50']:g}" if r else "",
+                    f"{r['p99']:g}" if r else "",
+                    valid,
+                )
+        table.add_section()
+    return table
+
+
+def main() -> None:
+    """Console-script entry point (``lockless-sim``)."""
+    cli(prog_name="lockless-sim")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

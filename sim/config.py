@@ -1,0 +1,437 @@
+"""Experiment files: TOML parsed into nested frozen dataclasses, validated when built.
+
+An experiment names everything a run needs (workload, faults, harness bounds, and the
+``[registry]`` table handed to :meth:`lockless.config.RegistryConfig.from_mapping`), so a
+result folder plus its resolved config is enough to repeat the run. A typo must fail
+loudly, never run defaults: unknown keys and bad values raise
+:class:`~lockless.errors.ConfigError` with the dotted field path and what is allowed,
+e.g. ``jobs.duration: got 'normal'; allowed: exponential | fixed | lognormal``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from lockless.config import RegistryConfig
+from lockless.errors import ConfigError
+
+ARCHITECTURES = ("lockless", "locked", "direct")
+DURATIONS = ("exponential", "fixed", "lognormal")
+JOB_APIS = ("select_and_start", "place_job")
+#: Faults on the server process (need the embedded server) and on the link (need the proxy).
+SERVER_FAULTS = ("stop", "restart_empty", "pause", "kill_pubsub")
+LINK_FAULTS = ("latency", "blackhole", "cut", "refuse")
+FAULT_KINDS = SERVER_FAULTS + LINK_FAULTS
+#: Faults that happen at one instant; the others last ``duration_s``.
+INSTANT_FAULTS = ("restart_empty", "kill_pubsub", "cut")
+
+
+def _num(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False, maximum: float | None = None):
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if (
+        not ok
+        or value < minimum
+        or (strict and value == minimum)
+        or (maximum is not None and value > maximum)
+    ):
+        low = f"> {minimum}" if strict else f">= {minimum}"
+        high = f" and <= {maximum}" if maximum is not None else ""
+        raise ConfigError(name, value, f"a number {low}{high}")
+
+
+def _int(name: str, value: Any, minimum: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(name, value, f"an integer >= {minimum}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExperimentSection:
+    """What the run is called and what it compares."""
+
+    name: str
+    """Scenario name; the results folder is ``results/<name>/``."""
+    description: str = ""
+    """One line shown in the report."""
+    seed: int = 1
+    """Seed of the workload plan: the same seed gives the same plan."""
+    duration_s: float = 30.0
+    """Simulated time the workload runs, per architecture."""
+    warmup_s: float = 2.0
+    """Operations intended before this are run but not recorded (connections warm, caches filled)."""
+    architectures: tuple[str, ...] = ("lockless",)
+    """Architectures run on the identical plan, one after another, Redis flushed in between."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ConfigError("experiment.name", self.name, "a non-empty name without '/'")
+        _int("experiment.seed", self.seed)
+        _num("experiment.duration_s", self.duration_s, strict=True)
+        _num("experiment.warmup_s", self.warmup_s)
+        if self.warmup_s >= self.duration_s:
+            raise ConfigError(
+                "experiment.warmup_s", self.warmup_s, f"a number < duration_s ({self.duration_s})"
+            )
+        object.__setattr__(self, "architectures", tuple(self.architectures))
+        if not self.architectures or len(set(self.architectures)) != len(self.architectures):
+            raise ConfigError(
+                "experiment.architectures", self.architectures, "a non-empty list without repeats"
+            )
+        for arch in self.architectures:
+            if arch not in ARCHITECTURES:
+                raise ConfigError("experiment.architectures", arch, " | ".join(ARCHITECTURES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HarnessSection:
+    """The harness's own bounds and rhythms (DESIGN.md section 8)."""
+
+    time_scale: float = 1.0
+    """Real seconds per simulated second (1.0 for latency runs)."""
+    tick_ms: float = 1.0
+    """The dispatcher wakes at most this often; heartbeats due in one tick share a pipeline."""
+    spin_ms: float = 1.0
+    """The last this-many ms before an operation's time are spent yielding, not sleeping
+    (the selector's timeout has 1 ms resolution); 0 saves the CPU and costs up to 1 ms of lag."""
+    max_lag_p99_ms: float = 10.0
+    """A run whose harness lag P99 exceeds this is INVALID: its latencies are not presented."""
+    max_batch: int = 500
+    """Most heartbeats in one pipelined ``heartbeat_many``."""
+    workers: int = 1
+    """Worker processes, each driving a shard of nodes and instances (>1: scale-out)."""
+    quiet_s: float = 1.0
+    """After the plan ends, in-flight operations get this long before the convergence check."""
+    convergence_s: float = 10.0
+    """Every cache must agree with Redis within this long after the quiet period."""
+    invalidation_deadline_s: float = 2.0
+    """A node removed (or dead past ``dead_after``) longer than this must no longer be admitted to."""
+    check_interval_s: float = 1.0
+    """How often the capacity invariant is checked straight from Redis."""
+    monitor_interval_s: float = 0.05
+    """How often modes are polled and the loop's own lag is sampled."""
+
+    def __post_init__(self) -> None:
+        _num("harness.time_scale", self.time_scale, strict=True)
+        _num("harness.tick_ms", self.tick_ms, strict=True, maximum=100)
+        _num("harness.spin_ms", self.spin_ms, maximum=10)
+        _num("harness.max_lag_p99_ms", self.max_lag_p99_ms, strict=True)
+        _int("harness.max_batch", self.max_batch, 1)
+        _int("harness.workers", self.workers, 1)
+        for name in ("quiet_s", "convergence_s", "invalidation_deadline_s"):
+            _num(f"harness.{name}", getattr(self, name))
+        for name in ("check_interval_s", "monitor_interval_s"):
+            _num(f"harness.{name}", getattr(self, name), strict=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodesSection:
+    """The worker nodes: how many, what they offer, how they heartbeat and fail."""
+
+    count: int = 100
+    """Nodes in the cluster (registered before the clock starts)."""
+    pools: tuple[str, ...] = ("default",)
+    """Pools; nodes are dealt round-robin across them."""
+    max_jobs: int = 8
+    """Slots per node."""
+    resources: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({"cpu": 16.0}))
+    """Capacities every node declares."""
+    labels: tuple[str, ...] = ()
+    """Labels a node may carry; each with probability ``label_probability``."""
+    label_probability: float = 0.5
+    """Chance that a node carries each label."""
+    heartbeat_interval_s: float = 5.0
+    """Mean time between a node's heartbeats."""
+    heartbeat_jitter: float = 0.1
+    """Each interval is spread uniformly by +- this fraction."""
+    load_change_probability: float = 0.0
+    """Chance a heartbeat reports a new load (a non-quiet heartbeat: new version and event)."""
+    crash_rate_per_hour: float = 0.0
+    """Per node: crashes (stops heartbeating, no goodbye) per hour."""
+    leave_rate_per_hour: float = 0.0
+    """Per node: graceful leaves (remove_node) per hour."""
+    rejoin_after_s: float = 10.0
+    """Mean (exponential) time before a crashed or departed node registers again."""
+
+    def __post_init__(self) -> None:
+        _int("nodes.count", self.count, 1)
+        object.__setattr__(self, "pools", tuple(self.pools))
+        try:  # the library's naming rules for pools, reported under this field
+            RegistryConfig(pools=self.pools)
+        except ConfigError as exc:
+            raise ConfigError("nodes.pools", exc.value, exc.allowed) from None
+        _int("nodes.max_jobs", self.max_jobs, 1)
+        if not isinstance(self.resources, Mapping):
+            raise ConfigError("nodes.resources", self.resources, "a table of name = number")
+        for name, amount in self.resources.items():
+            _num(f"nodes.resources.{name}", amount)
+        object.__setattr__(self, "resources", MappingProxyType(dict(self.resources)))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        _num("nodes.label_probability", self.label_probability, maximum=1.0)
+        _num("nodes.heartbeat_interval_s", self.heartbeat_interval_s, strict=True)
+        _num("nodes.heartbeat_jitter", self.heartbeat_jitter, maximum=0.9)
+        _num("nodes.load_change_probability", self.load_change_probability, maximum=1.0)
+        for name in ("crash_rate_per_hour", "leave_rate_per_hour"):
+            _num(f"nodes.{name}", getattr(self, name))
+        _num("nodes.rejoin_after_s", self.rejoin_after_s, strict=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobAsk:
+    """One kind of job: how often it comes, and what it needs from a node."""
+
+    weight: float = 1.0
+    resources: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _num("jobs.asks.weight", self.weight, strict=True)
+        if not isinstance(self.resources, Mapping):
+            raise ConfigError("jobs.asks.resources", self.resources, "a table of name = number")
+        for name, amount in self.resources.items():
+            _num(f"jobs.asks.resources.{name}", amount)
+        object.__setattr__(self, "resources", MappingProxyType(dict(self.resources)))
+        object.__setattr__(self, "labels", tuple(self.labels))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobsSection:
+    """Job arrivals and how the scheduler places them."""
+
+    arrival_rate_per_s: float = 10.0
+    """Poisson arrival rate over the whole cluster."""
+    duration: str = "exponential"
+    """Distribution of job durations: exponential | fixed | lognormal."""
+    duration_mean_s: float = 5.0
+    """Mean job duration."""
+    duration_sigma: float = 0.5
+    """Shape (sigma of the log) for ``lognormal``."""
+    api: str = "select_and_start"
+    """``select_and_start``: select_nodes then job_started (select and job_start timed apart);
+    ``place_job``: the registry's own place_job (timed as ``place``)."""
+    candidates: int = 3
+    """Nodes asked of select_nodes; the rest are fallbacks when admission rejects."""
+    asks: tuple[JobAsk, ...] = (JobAsk(),)
+    """Kinds of job, chosen by weight."""
+    get_rate_per_s: float = 0.0
+    """Poisson rate of get_node reads of random nodes (the ``get`` operation)."""
+
+    def __post_init__(self) -> None:
+        _num("jobs.arrival_rate_per_s", self.arrival_rate_per_s)
+        if self.duration not in DURATIONS:
+            raise ConfigError("jobs.duration", self.duration, " | ".join(DURATIONS))
+        _num("jobs.duration_mean_s", self.duration_mean_s, strict=True)
+        _num("jobs.duration_sigma", self.duration_sigma)
+        if self.api not in JOB_APIS:
+            raise ConfigError("jobs.api", self.api, " | ".join(JOB_APIS))
+        _int("jobs.candidates", self.candidates, 1)
+        object.__setattr__(self, "asks", tuple(self.asks))
+        if not self.asks:
+            raise ConfigError("jobs.asks", self.asks, "at least one [[jobs.asks]] table")
+        _num("jobs.get_rate_per_s", self.get_rate_per_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulersSection:
+    """Scheduler instances: each has its own connections and its own registry instance."""
+
+    instances: int = 2
+    """Instances per run (dealt across workers when ``harness.workers`` > 1)."""
+
+    def __post_init__(self) -> None:
+        _int("schedulers.instances", self.instances, 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultSpec:
+    """One fault: what, when, for how long."""
+
+    kind: str
+    """stop | restart_empty | pause | kill_pubsub (server); latency | blackhole | cut | refuse (link)."""
+    at_s: float
+    """Simulated time the fault starts."""
+    duration_s: float = 0.0
+    """How long it lasts (0 and ignored for the instant faults restart_empty, kill_pubsub, cut)."""
+    delay_ms: float = 0.0
+    """Added one-way delay, for ``latency``."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ConfigError("faults.kind", self.kind, " | ".join(FAULT_KINDS))
+        _num("faults.at_s", self.at_s)
+        _num("faults.duration_s", self.duration_s)
+        if self.kind not in INSTANT_FAULTS and self.duration_s <= 0:
+            raise ConfigError("faults.duration_s", self.duration_s, f"a number > 0 for a {self.kind} fault")
+        _num("faults.delay_ms", self.delay_ms)
+        if self.kind == "latency" and self.delay_ms <= 0:
+            raise ConfigError("faults.delay_ms", self.delay_ms, "a number > 0 for a latency fault")
+
+    @property
+    def needs_proxy(self) -> bool:
+        return self.kind in LINK_FAULTS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExperimentConfig:
+    """A whole experiment file."""
+
+    experiment: ExperimentSection
+    harness: HarnessSection = field(default_factory=HarnessSection)
+    nodes: NodesSection = field(default_factory=NodesSection)
+    jobs: JobsSection = field(default_factory=JobsSection)
+    schedulers: SchedulersSection = field(default_factory=SchedulersSection)
+    faults: tuple[FaultSpec, ...] = ()
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    """The library's configuration; ``pools`` comes from ``nodes.pools``, URL and namespace from the run."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "faults", tuple(sorted(self.faults, key=lambda f: f.at_s)))
+        for fault in self.faults:
+            if fault.at_s >= self.experiment.duration_s:
+                raise ConfigError(
+                    "faults.at_s",
+                    fault.at_s,
+                    f"a time < experiment.duration_s ({self.experiment.duration_s})",
+                )
+        if self.harness.workers > self.schedulers.instances:
+            raise ConfigError(
+                "harness.workers",
+                self.harness.workers,
+                f"at most schedulers.instances ({self.schedulers.instances})",
+            )
+        if set(self.registry.pools) != set(self.nodes.pools):
+            object.__setattr__(self, "registry", dataclasses.replace(self.registry, pools=self.nodes.pools))
+
+    @property
+    def needs_proxy(self) -> bool:
+        return any(f.needs_proxy for f in self.faults)
+
+    @property
+    def needs_server(self) -> bool:
+        return any(not f.needs_proxy for f in self.faults)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (TOML-writable) of the resolved config, defaults included."""
+        return _plain(self)
+
+
+_SECTIONS: dict[str, type] = {
+    "experiment": ExperimentSection,
+    "harness": HarnessSection,
+    "nodes": NodesSection,
+    "jobs": JobsSection,
+    "schedulers": SchedulersSection,
+}
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build a section dataclass; unknown keys and wrong types name the dotted field."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix or "config", data, "a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}", data[unknown[0]], f"one of the keys {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(f"{prefix}.{name}", hints[name], value)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        missing = [
+            n
+            for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in data
+        ]
+        raise ConfigError(f"{prefix}.{missing[0]}" if missing else prefix, None, f"a value ({exc})") from None
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    # Type checks that dataclass validation cannot do well (TOML gives int for 5, float for 5.0).
+    origin = typing.get_origin(hint)
+    if hint is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(name, value, "a number")
+        return float(value)
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(name, value, "an integer")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(name, value, "a string")
+        return value
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(name, value, "a list")
+        if dataclasses.is_dataclass(item):
+            return tuple(_build(item, v, name) for v in value)
+        return tuple(_coerce(name, item, v) for v in value)
+    if origin is Mapping or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(name, value, "a table of name = number")
+        return {str(k): _coerce(f"{name}.{k}", float, v) for k, v in value.items()}
+    return value
+
+
+def from_mapping(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate an experiment from plain data (a parsed TOML document)."""
+    allowed = [*_SECTIONS, "faults", "registry"]
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(unknown[0], data[unknown[0]], f"one of the sections {', '.join(allowed)}")
+    if "experiment" not in data:
+        raise ConfigError("experiment", None, "an [experiment] table with at least name")
+    kwargs: dict[str, Any] = {
+        name: _build(cls, data[name], name) for name, cls in _SECTIONS.items() if name in data
+    }
+    if "faults" in data:
+        kwargs["faults"] = _coerce("faults", tuple[FaultSpec, ...], data["faults"])
+    registry = dict(data.get("registry", {}))
+    if not isinstance(data.get("registry", {}), Mapping):
+        raise ConfigError("registry", data["registry"], "a table")
+    nodes = kwargs.get("nodes", NodesSection())
+    registry.setdefault("pools", list(nodes.pools))
+    try:
+        kwargs["registry"] = RegistryConfig.from_mapping(registry, prefix="registry.")
+    except ConfigError as exc:
+        # The library names fields relative to its own root; say where they sit in the file.
+        field_name = exc.field if exc.field.startswith("registry") else f"registry.{exc.field}"
+        raise ConfigError(field_name, exc.value, exc.allowed) from None
+    return ExperimentConfig(**kwargs)
+
+
+def load_toml(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment file. Raises ConfigError naming the bad field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "(file)", f"valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "(file)", f"a readable experiment file ({exc.strerror})") from None
+    return from_mapping(data)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None
+        }
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list | frozenset | set):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and not isinstance(value, int | float | str):
+        return value.value  # enums
+    return value

@@ -1,0 +1,306 @@
+"""The dispatcher: replays the plan open loop against the loop clock (DESIGN.md section 8).
+
+Plan-and-replay, measured against lockstep in DESIGN.md: the SimPy model runs ahead in
+small windows (:data:`LOOKAHEAD_S`), and the dispatcher starts one asyncio task per
+operation at its intended time, except heartbeats: a heartbeat may wait up to
+``harness.tick_ms`` for company, and those due together for the same scheduler instance
+go out as one pipelined ``heartbeat_many`` (up to ``max_batch``). That wait is harness
+lag and counts in their latency; other operations are not held for a tick.
+Nothing waits for an answer before the next operation is sent (open loop), so a slow
+registry shows as latency, never as a lighter load.
+
+Outcome-driven follow-ups are the dispatcher's: a job admitted on a node finishes on
+that node at ``admission done + duration`` (scaled), through the instance that placed it.
+
+Each operation's ``sent`` time is read inside its task right before the registry call,
+so time spent waiting for the loop counts as harness lag, and lag counts in latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lockless.protocol import Heartbeat, Registry
+from sim.bridge import Bridge
+from sim.config import ExperimentConfig
+from sim.model.plan import Cluster, Kind, Op, Planner
+from sim.recorder import Recorder
+
+#: How far (simulated s) the model is run ahead of the clock, and in which steps: small
+#: steps keep each planning burst short, so planning does not stall the loop itself.
+LOOKAHEAD_S = 0.2
+PLAN_STEP_S = 0.02
+
+FaultHandler = Callable[[Op, float], Awaitable[None]]
+
+
+class NodeTracker:
+    """What the harness knows about each node's life: up, crashed at t, or removed at t.
+
+    Admission control in Redis rejects dead and removed nodes, so a *pick* of one is only
+    a stale pick (a metric); an *admission* on one after its invalidation deadline is a
+    consistency violation.
+    """
+
+    def __init__(self, *, dead_after_s: float, deadline_s: float) -> None:
+        self.dead_after_s = dead_after_s
+        self.deadline_s = deadline_s
+        self._gone: dict[str, tuple[str, float]] = {}
+
+    def up(self, node_id: str) -> None:
+        self._gone.pop(node_id, None)
+
+    def crashed(self, node_id: str, at: float) -> None:
+        self._gone[node_id] = ("crashed", at)
+
+    def removed(self, node_id: str, at: float) -> None:
+        self._gone[node_id] = ("removed", at)
+
+    def overdue(self, node_id: str, at: float) -> str | None:
+        """Why ``node_id`` must no longer be used at ``at`` (None if it may be)."""
+        gone = self._gone.get(node_id)
+        if gone is None:
+            return None
+        state, since = gone
+        # A crashed node stays alive in Redis until its heartbeat is dead_after old.
+        allowed = self.deadline_s + (self.dead_after_s if state == "crashed" else 0.0)
+        return f"{state} {at - since:.3f} s earlier" if at - since > allowed else None
+
+
+class Dispatcher:
+    """Replays one shard's plan against its registries; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        config: ExperimentConfig,
+        planner: Planner,
+        registries: dict[int, Registry],
+        bridge: Bridge,
+        recorder: Recorder,
+        on_fault: FaultHandler | None = None,
+    ) -> None:
+        self.config = config
+        self.planner = planner
+        self.cluster: Cluster = planner.cluster
+        self.registries = registries
+        self.bridge = bridge
+        self.rec = recorder
+        self.on_fault = on_fault
+        self.tracker = NodeTracker(
+            dead_after_s=config.registry.nodes.dead_after_s, deadline_s=config.harness.invalidation_deadline_s
+        )
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._followups: list[tuple[float, int, tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+        self._loads: dict[int, float] = {}
+        self.sent = 0  # operations handed to registries (progress display)
+
+    # ---------------------------------------------------------------- replay
+    async def run(self) -> None:
+        """Replay until the plan and its follow-ups up to the end are all started.
+
+        Each operation is started at its intended time, except heartbeats, which may wait
+        up to one tick for company so that a tick's heartbeats share one pipeline.
+        """
+        bridge, planner = self.bridge, self.planner
+        tick = self.config.harness.tick_ms / 1000.0
+        end_real = bridge.real(planner.end)
+        beats: deque[Op] = deque()
+        others: deque[Op] = deque()
+        followups = self._followups
+        inf = math.inf
+        while True:
+            # Keep the model LOOKAHEAD_S ahead of the clock, in short steps.
+            horizon = bridge.sim(bridge.now()) + LOOKAHEAD_S
+            while not planner.done and planner.env.now < horizon:
+                for op in planner.advance(planner.env.now + PLAN_STEP_S):
+                    (beats if op.kind is Kind.HEARTBEAT else others).append(op)
+            next_other = bridge.real(others[0].t) if others else inf
+            next_beats = bridge.real(beats[0].t) + tick if beats else inf
+            next_follow = followups[0][0] if followups else inf
+            wake = min(next_other, next_beats, next_follow)
+            if planner.done and not beats and not others and (not followups or next_follow >= end_real):
+                break
+            if wake == inf:  # nothing planned within the lookahead: come back when the model has more
+                wake = bridge.real(planner.env.now)
+            if wake > bridge.now():
+                self.rec.observe("loop_lag", await bridge.sleep_until(wake) * 1e6)
+            else:
+                await asyncio.sleep(0)  # behind: still let the operations' tasks run
+            now = bridge.now()
+            while others and bridge.real(others[0].t) <= now:
+                self._start_op(others.popleft())
+            while followups and followups[0][0] <= now:
+                intended, _, args = heapq.heappop(followups)
+                if intended < end_real:
+                    self._spawn(self._job_finish(intended, *args))
+            if beats and bridge.real(beats[0].t) <= now:
+                due: dict[int, list[Op]] = defaultdict(list)
+                while beats and bridge.real(beats[0].t) <= now:
+                    op = beats.popleft()
+                    due[op.instance].append(op)
+                batch = self.config.harness.max_batch
+                for instance, ops in due.items():
+                    for i in range(0, len(ops), batch):
+                        self._spawn(self._heartbeats(instance, ops[i : i + batch]))
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for started operations; cancel the rest and return how many."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=timeout)
+        left = [t for t in self.tasks if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+        return len(left)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        self.sent += 1
+
+    def _start_op(self, op: Op) -> None:
+        intended = self.bridge.real(op.t)
+        kind = op.kind
+        if kind is Kind.JOB:
+            self._spawn(self._job(intended, op))
+        elif kind is Kind.GET:
+            self._spawn(self._get(intended, op))
+        elif kind is Kind.REGISTER:
+            self._spawn(self._register(intended, op))
+        elif kind is Kind.LEAVE:
+            self._spawn(self._leave(intended, op))
+        elif kind is Kind.CRASH:
+            # No Redis call: the node just goes silent. Only the harness knows, and remembers.
+            self.tracker.crashed(self.cluster.spec(op.idx).node_id, intended)
+            self.rec.count("crashes")
+        elif kind in (Kind.FAULT_START, Kind.FAULT_END) and self.on_fault is not None:
+            self._spawn(self.on_fault(op, intended))
+
+    # ------------------------------------------------------------ operations
+    async def _heartbeats(self, instance: int, ops: list[Op]) -> None:
+        beats = []
+        for op in ops:
+            spec = self.cluster.spec(op.idx)
+            if op.value >= 0:
+                self._loads[op.idx] = op.value
+            # The spec rides along so that a Redis that lost its data gets the node back.
+            beats.append(
+                Heartbeat(pool=spec.pool, node_id=spec.node_id, load=self._loads.get(op.idx, 0.0), spec=spec)
+            )
+        intended = [self.bridge.real(op.t) for op in ops]
+        sent = self.bridge.now()
+        error: BaseException | None = None
+        try:
+            results = await self.registries[instance].heartbeat_many(beats)
+        except Exception as exc:  # recorded as a failed operation, by type
+            error = exc
+        else:
+            for result in results:
+                if result.recreated:
+                    # A heartbeat sent before its node left (or crashed) but applied after the
+                    # removal re-creates the node, as the protocol says: it is alive in Redis again.
+                    self.tracker.up(result.node_id)
+                    self.rec.count("recreated_by_heartbeat")
+        self.rec.batch("heartbeat", intended, sent, self.bridge.now(), error)
+
+    async def _timed(self, op_name: str, intended: float, call: Awaitable[Any]) -> tuple[Any, float, bool]:
+        sent = self.bridge.now()
+        try:
+            result = await call
+        except Exception as exc:
+            done = self.bridge.now()
+            self.rec.op(op_name, intended, sent, done, exc)
+            return None, done, False
+        done = self.bridge.now()
+        self.rec.op(op_name, intended, sent, done)
+        return result, done, True
+
+    async def _get(self, intended: float, op: Op) -> None:
+        spec = self.cluster.spec(op.idx)
+        await self._timed("get", intended, self.registries[op.instance].get_node(spec.pool, spec.node_id))
+
+    async def _register(self, intended: float, op: Op) -> None:
+        spec = self.cluster.spec(op.idx)
+        _, _, ok = await self._timed("register", intended, self.registries[op.instance].register_node(spec))
+        if ok:
+            self.tracker.up(spec.node_id)
+
+    async def _leave(self, intended: float, op: Op) -> None:
+        spec = self.cluster.spec(op.idx)
+        reg = self.registries[op.instance]
+        _, done, ok = await self._timed("remove", intended, reg.remove_node(spec.pool, spec.node_id))
+        self.rec.count("leaves")
+        if ok:
+            self.tracker.removed(spec.node_id, done)
+
+    async def _job(self, intended: float, op: Op) -> None:
+        reg = self.registries[op.instance]
+        pool = self.cluster.pools[op.pool]
+        req = self.cluster.requirements[op.ask]
+        job_id = f"j{op.idx}"
+        jobs = self.config.jobs
+        if jobs.api == "place_job":
+            placement, done, ok = await self._timed("place", intended, reg.place_job(pool, job_id, req))
+            if not ok:
+                return
+            self.rec.observe("staleness", placement.data_age_s * 1e6)
+            self._check_picks(placement.selection.picks if placement.selection else (), done)
+            if placement.node_id is None:
+                self.rec.count("unplaced")
+                return
+            self._admitted(op, reg, pool, placement.node_id, job_id, placement.reason, done)
+            return
+        age = reg.last_sync_age() if hasattr(reg, "last_sync_age") else 0.0
+        selection, done, ok = await self._timed(
+            "select", intended, reg.select_nodes(pool, jobs.candidates, req)
+        )
+        if not ok:
+            self.rec.count("unplaced")
+            return
+        self.rec.observe("staleness", age * 1e6)
+        self._check_picks(selection.picks, done)
+        for node in selection.picks:
+            # Started right after the selection returned: its intended time is that return.
+            admission, done, ok = await self._timed(
+                "job_start", done, reg.job_started(pool, node.node_id, job_id)
+            )
+            if ok and admission.admitted:
+                # The whole placement, from the arrival (its lag was counted with the select).
+                self.rec.op("place", intended, intended, done, count_lag=False)
+                self._admitted(op, reg, pool, node.node_id, job_id, admission.reason, done)
+                return
+            self.rec.count(f"rejected:{admission.reason}" if ok else "rejected:error")
+        self.rec.count("unplaced")
+
+    def _check_picks(self, picks: Any, at: float) -> None:
+        for node in picks:
+            if self.tracker.overdue(node.node_id, at):
+                self.rec.count("stale_picks")
+
+    def _admitted(
+        self, op: Op, reg: Registry, pool: str, node_id: str, job_id: str, reason: str, done: float
+    ):
+        self.rec.count("placed")
+        if reason == "journaled":
+            self.rec.count("journaled_admissions")
+        else:
+            why = self.tracker.overdue(node_id, done)
+            if why:
+                self.rec.violation(
+                    done, "admitted_on_gone_node", f"job {job_id} admitted on {node_id}, {why}"
+                )
+        finish_at = done + op.value * self.bridge.scale
+        heapq.heappush(self._followups, (finish_at, next(self._seq), (reg, pool, node_id, job_id)))
+
+    async def _job_finish(self, intended: float, reg: Registry, pool: str, node_id: str, job_id: str) -> None:
+        await self._timed("job_finish", intended, reg.job_finished(pool, node_id, job_id))

@@ -1,0 +1,307 @@
+"""Writing a run out: one folder per run, readable without the harness.
+
+``results/<name>/<utc>-<git8>-<cfghash8>/`` holds
+
+* ``config.toml`` - the resolved experiment (every default filled in);
+* ``summary.json`` - machine (hostname, CPU model, cores, Python, Redis version), git
+  commit, config hash, and per architecture: validity, harness lag and CPU, percentiles
+  per operation, counters, errors, violations;
+* ``percentiles.csv`` - one row per (architecture, operation);
+* ``timeline.csv`` - faults, mode switches, violations, phase markers;
+* ``throughput.csv`` - per second and operation: completions, errors, ~P50/P99;
+* ``histograms/<arch>.<op>.hdr`` - HDR histograms in their encoded form (mergeable);
+* ``latency_percentiles.png``, ``latency_over_time.png`` and ``report.md``.
+
+A run whose harness lag P99 exceeds ``harness.max_lag_p99_ms`` is INVALID: its numbers are
+kept in the files (so the failure can be studied) but report.md and ``compare`` show
+INVALID instead of presenting them as a latency result.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from sim.recorder import OPS, Recorder
+from sim.runner import RunOutcome
+
+PERCENTILES = (50, 90, 99, 99.9)
+
+
+def config_hash(config_dict: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config_dict, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=cwd, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=10,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine(redis_version: str) -> dict[str, Any]:
+    """Who ran this: results from different machines must never be mistaken for each other."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "redis_version": redis_version,
+    }
+
+
+def arch_summary(rec: Recorder, max_lag_p99_ms: float) -> dict[str, Any]:
+    lag = rec.extra["lag"]
+    lag_p99_ms = lag.get_value_at_percentile(99) / 1000 if lag.get_total_count() else 0.0
+    ops: dict[str, Any] = {}
+    for op in OPS:
+        hist, service = rec.latency[op], rec.service[op]
+        errors = sum(n for (o, _), n in rec.errors.items() if o == op)
+        if not hist.get_total_count() and not errors:
+            continue
+        ops[op] = {
+            "count": hist.get_total_count(),
+            "errors": errors,
+            **{f"p{p:g}_us": hist.get_value_at_percentile(p) for p in PERCENTILES},
+            "max_us": hist.get_max_value(),
+            "service_p50_us": service.get_value_at_percentile(50),
+            "service_p99_us": service.get_value_at_percentile(99),
+        }
+    extra = {
+        name: {
+            "count": h.get_total_count(),
+            "p50_us": h.get_value_at_percentile(50),
+            "p99_us": h.get_value_at_percentile(99),
+            "max_us": h.get_max_value(),
+        }
+        for name, h in rec.extra.items()
+        if h.get_total_count()
+    }
+    valid = lag_p99_ms <= max_lag_p99_ms
+    return {
+        "valid": valid,
+        "invalid_reason": ""
+        if valid
+        else f"harness lag P99 {lag_p99_ms:.2f} ms > bound {max_lag_p99_ms:g} ms",
+        "lag_p99_ms": round(lag_p99_ms, 3),
+        "ops": ops,
+        "distributions": extra,
+        "counters": dict(sorted(rec.counters.items())),
+        "errors": {f"{op}:{err}": n for (op, err), n in sorted(rec.errors.items())},
+        "violations": len(rec.violations),
+        "violation_examples": rec.violations[:20],
+    }
+
+
+def write_run(outcome: RunOutcome, out_root: Path, *, now: dt.datetime | None = None) -> Path:
+    """Write every output file of a run; returns its folder."""
+    config = outcome.config
+    cfg = config.to_dict()
+    chash = config_hash(cfg)
+    commit = git_commit(Path(__file__).parent)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    folder = out_root / config.experiment.name / f"{stamp}-{commit[:8]}-{chash}"
+    (folder / "histograms").mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text(tomli_w.dumps(cfg))
+    bound = config.harness.max_lag_p99_ms
+    archs = {arch: arch_summary(rec, bound) for arch, rec in outcome.recorders.items()}
+    summary = {
+        "experiment": config.experiment.name,
+        "description": config.experiment.description,
+        "git_commit": commit,
+        "config_hash": chash,
+        "created_utc": stamp,
+        "machine": machine(outcome.machine.get("redis_version", "?")),
+        "architecture_order": "sequential (one seeded plan replayed per architecture, Redis flushed between)",
+        "max_lag_p99_ms": bound,
+        "nodes": config.nodes.count,
+        "architectures": archs,
+        "ratios_vs_lockless": ratios(archs),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _write_csvs(folder, outcome, archs)
+    for arch, rec in outcome.recorders.items():
+        for group, hists in (("latency", rec.latency), ("service", rec.service), ("extra", rec.extra)):
+            for name, hist in hists.items():
+                if hist.get_total_count():
+                    (folder / "histograms" / f"{arch}.{group}.{name}.hdr").write_bytes(hist.encode())
+    from sim import plots  # matplotlib is slow to import; only runs that write results need it
+
+    plots.percentiles(folder / "latency_percentiles.png", archs)
+    plots.over_time(folder / "latency_over_time.png", outcome.recorders)
+    (folder / "report.md").write_text(report_md(summary))
+    return folder
+
+
+def ratios(archs: dict[str, Any]) -> dict[str, Any]:
+    """Per baseline and operation: its P50 and P99 divided by lockless's, from this same run."""
+    base = archs.get("lockless")
+    out: dict[str, Any] = {}
+    if base is None:
+        return out
+    for arch, data in archs.items():
+        if arch == "lockless":
+            continue
+        for op, stats in data["ops"].items():
+            mine = base["ops"].get(op)
+            if mine and mine["count"] and stats["count"]:
+                out.setdefault(arch, {})[op] = {
+                    p: round(stats[f"{p}_us"] / max(mine[f"{p}_us"], 1), 1) for p in ("p50", "p99")
+                }
+    return out
+
+
+def _write_csvs(folder: Path, outcome: RunOutcome, archs: dict[str, Any]) -> None:
+    with (folder / "percentiles.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "arch",
+                "op",
+                "valid",
+                "count",
+                "errors",
+                *[f"p{p:g}_us" for p in PERCENTILES],
+                "max_us",
+                "service_p50_us",
+                "service_p99_us",
+            ]
+        )
+        for arch, data in archs.items():
+            for op, s in data["ops"].items():
+                w.writerow(
+                    [
+                        arch,
+                        op,
+                        data["valid"],
+                        s["count"],
+                        s["errors"],
+                        *[s[f"p{p:g}_us"] for p in PERCENTILES],
+                        s["max_us"],
+                        s["service_p50_us"],
+                        s["service_p99_us"],
+                    ]
+                )
+    with (folder / "timeline.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["t_s", "arch", "kind", "detail", "instance", "reason"])
+        for rec in outcome.recorders.values():
+            for e in sorted(rec.timeline, key=lambda e: e["t"]):
+                w.writerow(
+                    [e["t"], e["arch"], e["kind"], e["detail"], e.get("instance", ""), e.get("reason", "")]
+                )
+            if not archs[rec.arch]["valid"]:
+                w.writerow(["", rec.arch, "INVALID", archs[rec.arch]["invalid_reason"], "", ""])
+    with (folder / "throughput.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["arch", "second", "op", "ok", "errors", "p50_us", "p99_us"])
+        for rec in outcome.recorders.values():
+            for row in rec.series():
+                w.writerow(row.values())
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.3f}" if us < 10_000 else f"{us / 1000:.1f}"
+
+
+def report_md(summary: dict[str, Any]) -> str:
+    """A short human report: validity first, then percentiles, ratios, modes and violations."""
+    m = summary["machine"]
+    lines = [
+        f"# {summary['experiment']}",
+        "",
+        summary["description"],
+        "",
+        f"- commit `{summary['git_commit']}`, config `{summary['config_hash']}`, {summary['created_utc']}",
+        f"- machine: {m['hostname']}, {m['cpu_model']}, {m['cores']} cores, Python {m['python']}, "
+        f"Redis {m['redis_version']}",
+        f"- {summary['nodes']:,} nodes; architectures run {summary['architecture_order']}",
+        "",
+        "## Validity",
+        "",
+        "| arch | harness lag P99 (ms) | harness CPU % | redis CPU % | valid |",
+        "|---|---|---|---|---|",
+    ]
+    for arch, a in summary["architectures"].items():
+        c = a["counters"]
+        valid = "yes" if a["valid"] else f"**INVALID**: {a['invalid_reason']}"
+        lines.append(
+            f"| {arch} | {a['lag_p99_ms']:.2f} | {c.get('harness_cpu_pct', '?')} | "
+            f"{c.get('redis_cpu_pct', '?')} | {valid} |"
+        )
+    lines += [
+        "",
+        "## Latency from intended start (ms)",
+        "",
+        "| arch | op | count | errors | P50 | P99 | P99.9 | max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arch, a in summary["architectures"].items():
+        for op, s in a["ops"].items():
+            if a["valid"]:
+                lines.append(
+                    f"| {arch} | {op} | {s['count']:,} | {s['errors']:,} | {_ms(s['p50_us'])} | "
+                    f"{_ms(s['p99_us'])} | {_ms(s['p99.9_us'])} | {_ms(s['max_us'])} |"
+                )
+            else:
+                lines.append(
+                    f"| {arch} | {op} | {s['count']:,} | {s['errors']:,} | INVALID | INVALID | INVALID "
+                    "| INVALID |"
+                )
+    if summary["ratios_vs_lockless"]:
+        lines += [
+            "",
+            "## Ratios to lockless (same run)",
+            "",
+            "| arch | op | P50 x | P99 x |",
+            "|---|---|---|---|",
+        ]
+        for arch, ops in summary["ratios_vs_lockless"].items():
+            for op, r in ops.items():
+                lines.append(f"| {arch} | {op} | {r['p50']:g} | {r['p99']:g} |")
+    lines += ["", "## Consistency", ""]
+    for arch, a in summary["architectures"].items():
+        c = a["counters"]
+        lines.append(
+            f"- {arch}: {a['violations']} violations; stale picks {c.get('stale_picks', 0)}, "
+            f"mode switches {c.get('mode_switches', 0)}, convergence "
+            f"{str(c['convergence_ms']) + ' ms' if 'convergence_ms' in c else 'n/a'}"
+        )
+        for v in a["violation_examples"][:5]:
+            lines.append(f"  - t={v['t']:.3f} s {v['kind']}: {v['detail']}")
+    lines += [
+        "",
+        "Files: percentiles.csv, timeline.csv, throughput.csv, histograms/, latency_percentiles.png, "
+        "latency_over_time.png.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,391 @@
+"""Orchestration: server, proxy, and one phase per architecture on the identical plan.
+
+A run starts its own ``redis-server`` (or uses ``--redis-url``), puts a
+:class:`FaultProxy` in front of it when the experiment has link faults, and then runs
+the architectures **sequentially**: the same seeded plan is replayed for each, in its own
+key namespace, and the server is flushed in between. Sequential is the simple, honest
+choice on a 2-core machine: interleaved architectures would compete for the same CPU
+and the same Redis, and each would slow the other.
+
+A phase (one architecture):
+
+1. bootstrap - every node is registered (pipelined heartbeats carrying the spec) by the
+   checker's own store, before the clock starts, so start-up is not measured;
+2. every scheduler instance builds and starts its registry (a lockless one relists);
+3. the dispatcher replays the plan; the capacity, mode and loop monitors run alongside;
+4. after the plan: in-flight operations get ``quiet_s``, then caches must converge;
+5. the registries' own metrics (propagation delay, counters) are merged in.
+
+With ``harness.workers`` > 1, steps 2-5 run in worker processes (spawned), each on its
+shard of nodes and instances, pinned to one wall-clock start; the parent bootstraps,
+injects the faults, runs the capacity check, and merges the workers' recorders
+(encoded HDR histograms: percentiles are never averaged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import multiprocessing
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from lockless.config import RegistryConfig
+from lockless.errors import ConfigError, LocklessError
+from lockless.protocol import Heartbeat, Registry
+from lockless.redis.store import RedisStore
+from sim.architectures import build
+from sim.bridge import Bridge
+from sim.checks import ModeWatch, capacity_watch, converge, loop_watch
+from sim.config import ExperimentConfig, from_mapping
+from sim.dispatcher import Dispatcher
+from sim.injector import FaultInjector
+from sim.model.plan import Cluster, Planner
+from sim.proxy import FaultProxy
+from sim.recorder import Recorder
+from sim.redis_server import RedisServer
+
+#: Progress callback: (architecture, elapsed simulated s, duration s, ops sent, lag P99 ms).
+Progress = Callable[[str, float, float, int, float], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """Where a phase's clients connect."""
+
+    registry_url: str
+    """What the registries use (the proxy's URL when link faults are planned)."""
+    checker_url: str
+    """What the harness's own checker uses: the server itself, never through the proxy."""
+    namespace: str
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """Everything a run produced, before it is written out."""
+
+    config: ExperimentConfig
+    recorders: dict[str, Recorder] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def registry_config(config: ExperimentConfig, target: Target, instance: int) -> RegistryConfig:
+    """The library config of one instance: the run's URL and namespace, a per-instance seed."""
+    base = config.registry
+    return dataclasses.replace(
+        base,
+        redis=dataclasses.replace(base.redis, url=target.registry_url, namespace=target.namespace),
+        cache=dataclasses.replace(base.cache, seed=config.experiment.seed * 1000 + instance),
+    )
+
+
+async def bootstrap(store: RedisStore, cluster: Cluster, batch: int = 1000) -> None:
+    """Register every node of ``cluster`` (pipelined heartbeats with the spec re-create unknown nodes)."""
+    await store.load_scripts()
+    specs = list(cluster.specs.values())
+    for i in range(0, len(specs), batch):
+        await store.heartbeat_many(
+            [Heartbeat(pool=s.pool, node_id=s.node_id, spec=s) for s in specs[i : i + batch]]
+        )
+
+
+async def shard_phase(
+    config: ExperimentConfig,
+    arch: str,
+    target: Target,
+    *,
+    shard: int = 0,
+    shards: int = 1,
+    server: RedisServer | None = None,
+    proxy: FaultProxy | None = None,
+    start_wall: float | None = None,
+    progress: Progress | None = None,
+) -> Recorder:
+    """Run one architecture on one shard (the whole cluster when ``shards`` is 1)."""
+    harness = config.harness
+    bridge = Bridge(scale=harness.time_scale, spin_s=harness.spin_ms / 1000)
+    owns_faults = shards == 1
+    checker = RedisStore(
+        dataclasses.replace(config.registry.redis, url=target.checker_url, namespace=target.namespace),
+        config.registry.nodes,
+    )
+    planner = Planner(config, shard=shard, shards=shards, faults=owns_faults)
+    if shards == 1:
+        await bootstrap(checker, planner.cluster)
+    registries: dict[int, Registry] = {
+        k: build(arch, registry_config(config, target, k), instance=f"{arch}-{k}")
+        for k in planner.cluster.instances
+    }
+    monitors: list[asyncio.Task[Any]] = []
+    try:
+        await asyncio.gather(*(r.start() for r in registries.values()))
+        t0 = bridge.begin(bridge.now() + 0.05) if start_wall is None else bridge.begin_at_wall(start_wall)
+        rec = Recorder(arch, t0=t0, warmup_s=config.experiment.warmup_s * harness.time_scale)
+        injector = None
+        if owns_faults and config.faults:
+            injector = FaultInjector(
+                config.faults, server=server, proxy=proxy, recorders=[rec], clock=bridge.now
+            )
+        dispatcher = Dispatcher(
+            config=config,
+            planner=planner,
+            registries=registries,
+            bridge=bridge,
+            recorder=rec,
+            on_fault=injector,
+        )
+        modes = ModeWatch(registries, rec, bridge)
+        monitors = [
+            asyncio.create_task(modes.run(harness.monitor_interval_s)),
+            asyncio.create_task(loop_watch(rec, bridge, harness.monitor_interval_s)),
+        ]
+        if owns_faults:
+            monitors.append(
+                asyncio.create_task(
+                    capacity_watch(checker, config.nodes.pools, rec, bridge, harness.check_interval_s)
+                )
+            )
+        if progress is not None:
+            monitors.append(
+                asyncio.create_task(_report_progress(progress, arch, dispatcher, rec, bridge, config))
+            )
+        me, cpu0, wall0 = psutil.Process(), psutil.Process().cpu_times(), bridge.now()
+        redis_proc = _process(server)
+        redis_cpu0 = _cpu(redis_proc)
+        rec.event(t0, "phase_start", arch)
+        await dispatcher.run()
+        rec.event(bridge.now(), "plan_end", arch)
+        # Socket timeouts bound every call; the extra second covers one reconnect.
+        abandoned = await dispatcher.drain(harness.quiet_s + config.registry.redis.socket_timeout_s + 1.0)
+        rec.count("abandoned", abandoned)
+        await asyncio.sleep(harness.quiet_s)  # the quiet period is part of the experiment, not a sync
+        await converge(registries, checker, config.nodes.pools, rec, bridge, harness.convergence_s)
+        modes.poll()
+        cpu1 = me.cpu_times()
+        wall = bridge.now() - wall0
+        rec.counters["harness_cpu_pct"] = round(
+            100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall
+        )
+        if redis_proc is not None:
+            rec.counters["redis_cpu_pct"] = round(100 * (_cpu(redis_proc) - redis_cpu0) / wall)
+        for reg in registries.values():
+            snap = reg.metrics()
+            rec.add_encoded("propagation", snap.encoded.get("propagation_us", b""))
+            for name, value in snap.counters.items():
+                if value:
+                    rec.count(f"registry.{name}", value)
+        rec.event(bridge.now(), "phase_end", arch)
+        return rec
+    finally:
+        for task in monitors:
+            task.cancel()
+        await asyncio.gather(*monitors, return_exceptions=True)
+        await asyncio.gather(*(r.close() for r in registries.values()), return_exceptions=True)
+        await checker.close()
+
+
+def _process(server: RedisServer | None) -> psutil.Process | None:
+    with contextlib.suppress(Exception):
+        return psutil.Process(server.pid) if server is not None and server.pid else None
+    return None
+
+
+def _cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    with contextlib.suppress(psutil.Error):
+        t = proc.cpu_times()
+        return t.user + t.system
+    return 0.0
+
+
+async def _report_progress(
+    progress: Progress,
+    arch: str,
+    dispatcher: Dispatcher,
+    rec: Recorder,
+    bridge: Bridge,
+    config: ExperimentConfig,
+) -> None:
+    while True:
+        await asyncio.sleep(0.25)
+        lag = rec.extra["lag"]
+        lag_ms = lag.get_value_at_percentile(99) / 1000 if lag.get_total_count() else 0.0
+        progress(
+            arch, max(0.0, bridge.sim(bridge.now())), config.experiment.duration_s, dispatcher.sent, lag_ms
+        )
+
+
+# ------------------------------------------------------------------ workers
+def _worker_main(
+    config_data: dict[str, Any],
+    arch: str,
+    target: Target,
+    shard: int,
+    shards: int,
+    start_wall: float,
+    results: Any,
+) -> None:
+    """Entry of a spawned worker: run the shard, send back the recorder's plain data."""
+    config = from_mapping(config_data)
+    try:
+        rec = asyncio.run(
+            shard_phase(config, arch, target, shard=shard, shards=shards, start_wall=start_wall)
+        )
+        results.put((shard, rec.to_data(), None))
+    except BaseException as exc:  # report, never hang the parent
+        results.put((shard, None, f"{type(exc).__name__}: {exc}"))
+
+
+async def _parent_phase(
+    config: ExperimentConfig,
+    arch: str,
+    target: Target,
+    server: RedisServer | None,
+    proxy: FaultProxy | None,
+    progress: Progress | None,
+) -> Recorder:
+    """Scale-out: bootstrap, spawn the shards, inject faults and check capacity here, merge."""
+    harness = config.harness
+    bridge = Bridge(scale=harness.time_scale, spin_s=harness.spin_ms / 1000)
+    checker = RedisStore(
+        dataclasses.replace(config.registry.redis, url=target.checker_url, namespace=target.namespace),
+        config.registry.nodes,
+    )
+    try:
+        await bootstrap(checker, Cluster(config))
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        # Workers import, connect and (lockless) relist before the start; give them time for it.
+        start_wall = bridge.wall() + 5.0 + config.nodes.count / 20_000
+        procs = [
+            ctx.Process(
+                target=_worker_main,
+                args=(_raw(config), arch, target, s, harness.workers, start_wall, results),
+                daemon=True,
+            )
+            for s in range(harness.workers)
+        ]
+        for p in procs:
+            p.start()
+        t0 = bridge.begin_at_wall(start_wall)
+        rec = Recorder(arch, t0=t0, warmup_s=config.experiment.warmup_s * harness.time_scale)
+        planner = Planner(config, shard=0, shards=1, nodes=False, jobs=False)
+        injector = FaultInjector(config.faults, server=server, proxy=proxy, recorders=[rec], clock=bridge.now)
+        dispatcher = Dispatcher(
+            config=config, planner=planner, registries={}, bridge=bridge, recorder=rec, on_fault=injector
+        )
+        watch = asyncio.create_task(
+            capacity_watch(checker, config.nodes.pools, rec, bridge, harness.check_interval_s)
+        )
+        await dispatcher.run()
+        await dispatcher.drain(30.0)
+        errors = []
+        for _ in procs:
+            shard, data, error = await asyncio.to_thread(results.get)
+            if error:
+                errors.append(f"worker {shard}: {error}")
+            else:
+                rec.merge_data(data)
+        for p in procs:
+            await asyncio.to_thread(p.join, 10)
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        if errors:
+            raise LocklessError("; ".join(errors))
+        return rec
+    finally:
+        await checker.close()
+
+
+def _raw(config: ExperimentConfig) -> dict[str, Any]:
+    data = config.to_dict()
+    data["registry"].pop("pools", None)
+    return data
+
+
+# --------------------------------------------------------------------- run
+async def run_async(
+    config: ExperimentConfig, *, redis_url: str | None = None, progress: Progress | None = None
+) -> RunOutcome:
+    """Run every architecture of ``config`` and return what was recorded."""
+    outcome = RunOutcome(config=config)
+    server: RedisServer | None = None
+    proxy: FaultProxy | None = None
+    if redis_url is None:
+        server = RedisServer()
+        await asyncio.to_thread(server.start)
+        server_url = server.url
+    else:
+        if config.needs_server:
+            kinds = sorted({f.kind for f in config.faults if not f.needs_proxy})
+            raise ConfigError(
+                "faults.kind",
+                ", ".join(kinds),
+                "link faults only with --redis-url (the harness "
+                "will not stop, pause or restart a server it does not own)",
+            )
+        server_url = redis_url
+    try:
+        if config.needs_proxy:
+            host, port = _host_port(server_url)
+            proxy = FaultProxy(host, port)
+            proxy.start()
+        outcome.machine["redis_version"] = server.version if server else await _server_version(server_url)
+        token = uuid.uuid4().hex[:6]
+        for arch in config.experiment.architectures:
+            target = Target(
+                registry_url=proxy.url if proxy else server_url,
+                checker_url=server_url,
+                namespace=f"sim-{config.experiment.name}-{arch}-{token}",
+            )
+            if config.harness.workers > 1:
+                rec = await _parent_phase(config, arch, target, server, proxy, progress)
+            else:
+                rec = await shard_phase(config, arch, target, server=server, proxy=proxy, progress=progress)
+            outcome.recorders[arch] = rec
+            await _forget(target, server)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if server is not None:
+            await asyncio.to_thread(server.cleanup)
+    return outcome
+
+
+async def _forget(target: Target, server: RedisServer | None) -> None:
+    """Drop the phase's keys so the next architecture starts from the same empty state."""
+    if server is not None:
+        if server.paused:
+            server.resume()
+        if not server.running:
+            await asyncio.to_thread(server.start)
+        await asyncio.to_thread(server.flushall)
+        return
+    client = RedisStore.make_client(RegistryConfig().redis.__class__(url=target.checker_url))
+    try:
+        async for key in client.scan_iter(match=f"{target.namespace}:*", count=1000):
+            await client.unlink(key)
+    finally:
+        await client.aclose()
+
+
+async def _server_version(url: str) -> str:
+    client = RedisStore.make_client(RegistryConfig().redis.__class__(url=url))
+    try:
+        return str((await client.info("server")).get("redis_version", "?"))
+    finally:
+        await client.aclose()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 6379
