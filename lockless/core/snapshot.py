@@ -110,11 +110,21 @@ class NodeSpec:
             raise ConfigError("status", self.status, " | ".join(sorted(STATUSES)))
         if not (isinstance(self.load, int | float) and 0.0 <= self.load <= 1.0):
             raise ConfigError("load", self.load, "a number in [0, 1]")
+        if isinstance(self.labels, str | bytes):
+            # frozenset("gpu") would be {"g", "p", "u"}: the node would silently lose its label.
+            raise ConfigError("labels", self.labels, "a collection of label strings, e.g. ['gpu']")
+        if not all(isinstance(label, str) and label for label in self.labels):
+            raise ConfigError("labels", self.labels, "non-empty strings")
+        for name, amount in dict(self.resources).items():
+            if (
+                not isinstance(amount, int | float)
+                or isinstance(amount, bool)
+                or not math.isfinite(amount)
+                or amount < 0
+            ):
+                raise ConfigError(f"resources.{name}", amount, "a finite number >= 0")
         object.__setattr__(self, "resources", _freeze_resources(self.resources))
         object.__setattr__(self, "labels", frozenset(self.labels))
-        for name, amount in self.resources.items():
-            if not math.isfinite(amount) or amount < 0:
-                raise ConfigError(f"resources.{name}", amount, "a finite number >= 0")
 
     def to_hash_fields(self) -> dict[str, str]:
         """The hash fields a ``register`` script writes (version and job count are the script's)."""
