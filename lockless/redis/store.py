@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.retry import Retry
 
 from lockless.config import NodeLifecycleConfig, RedisConfig
 from lockless.core.snapshot import ChangeEvent, NodeSnapshot, NodeSpec, parse_event, parse_node_hash
@@ -225,7 +225,8 @@ class RedisStore:
         else:
             args += ["0", "", "", "", ""]
         if beat.running_jobs is not None:
-            args += list(beat.running_jobs)
+            # A set: duplicates would make the script's size comparison see a change every time.
+            args += sorted(set(beat.running_jobs))
         return self.keys.script_keys(beat.pool, beat.node_id), args
 
     @staticmethod
