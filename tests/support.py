@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from lockless.config import (
     CacheConfig,
@@ -57,3 +57,14 @@ async def redis_view(store: RedisStore, pool: str) -> dict[str, tuple[int, int, 
 
 def cache_view(registry, pool: str) -> dict[str, tuple[int, int, str]]:
     return {i: (n.version, n.current_jobs, n.status) for i, n in registry.cached_nodes(pool).items()}
+
+
+async def eventually_async(
+    check: Callable[[], Awaitable[object]], timeout: float = 5.0, what: str = "condition"
+) -> None:
+    """Like :func:`eventually` for a check that must itself await (e.g. a registry read)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.005)
