@@ -138,3 +138,56 @@ async def test_stale_reads_are_refused_past_the_bound_when_configured(fault_serv
         with pytest.raises(StaleRead):
             await registry.select_nodes("p")
         assert registry.metrics()["stale_refusals"] == 2
+
+
+def _short_liveness(url: str, ns: str, grace_s: float) -> object:
+    base = fast_config(url, ns)
+    nodes = dataclasses.replace(base.nodes, dead_after_s=0.3, ttl_s=30.0, reap_grace_s=grace_s)
+    return dataclasses.replace(base, nodes=nodes)
+
+
+async def test_reaper_removes_dead_nodes_and_every_cache_hears_it(redis_url: str, ns: str) -> None:
+    cfg = _short_liveness(redis_url, ns, grace_s=0.0)
+    async with (
+        LocklessRegistry(cfg, instance="reaper") as reaper,
+        LocklessRegistry(cfg, instance="other") as other,
+    ):
+        await reaper.register_node(spec(1))
+        await reaper.register_node(spec(2))
+        await eventually(lambda: len(other.cached_nodes("p")) == 2, 2.0, "nodes cached")
+        reaped: list[str] = []
+
+        async def reap_until_dead() -> None:
+            while "n1" not in reaped:
+                await reaper.heartbeat("p", "n2")  # n2 stays alive
+                reaped.extend(await reaper.reap_once())
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(reap_until_dead(), 3.0)
+        assert reaped == ["n1"]
+        await eventually(lambda: set(other.cached_nodes("p")) == {"n2"}, 2.0, "the reap event to reach other")
+        assert reaper.metrics()["reaped"] == 1
+
+
+async def test_reaper_waits_out_the_grace_period_after_an_outage(fault_server, ns: str) -> None:
+    cfg = _short_liveness(fault_server.url, ns, grace_s=1.5)
+    async with LocklessRegistry(cfg, instance="graceful") as registry:
+        await registry.register_node(spec(1))
+        await _save(fault_server.url)
+        await asyncio.to_thread(fault_server.stop)
+        await eventually(lambda: registry.mode is Mode.LOCAL_ONLY, 5.0, "LOCAL_ONLY")
+        await asyncio.to_thread(fault_server.start)
+        await eventually(lambda: registry.mode is Mode.NORMAL, 8.0, "NORMAL")
+        recovered = registry.modes.last_recovered_at
+        assert recovered is not None
+        # n1 missed its heartbeats during the outage (dead_after is 0.3 s), but it gets the grace.
+        while time.monotonic() - recovered < 1.2:
+            assert await registry.reap_once() == []
+            await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 3.0
+        reaped: list[str] = []
+        while not reaped:
+            assert time.monotonic() < deadline, "n1 not reaped after the grace period"
+            reaped = await registry.reap_once()
+            await asyncio.sleep(0.05)
+        assert reaped == ["n1"]
