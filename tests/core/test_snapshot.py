@@ -271,6 +271,13 @@ def test_labels_given_as_one_string_are_refused_not_split_into_characters() -> N
     assert info.value.field == "labels"
 
 
+@pytest.mark.parametrize("labels", [[""], ["gpu", 3], [None]])
+def test_every_label_must_be_a_non_empty_string(labels: list[object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        NodeSpec(node_id="n1", pool="p", max_jobs=1, labels=labels)  # type: ignore[arg-type]
+    assert info.value.field == "labels"
+
+
 def test_config_error_is_a_value_error_for_callers_that_catch_builtins() -> None:
     with pytest.raises(ValueError):
         NodeSpec(node_id="n1", pool="p", max_jobs=-1)
