@@ -29,17 +29,19 @@ from tests.support import cache_view, eventually, redis_view
 POOL = "p"
 
 
-def make_config(url: str, ns: str, *, quiet: bool = False, **cache: Any) -> RegistryConfig:
+def make_config(
+    url: str, ns: str, *, quiet: bool = False, timeout: float = 2.0, **cache: Any
+) -> RegistryConfig:
     """A registry config; ``quiet`` pushes the subscriber PING and health probe out past the test."""
     interval = 60.0 if quiet else 0.1
     return RegistryConfig(
         pools=(POOL,),
         redis=RedisConfig(
-            url=url, namespace=ns, socket_timeout_s=2.0, connect_timeout_s=2.0, pool_timeout_s=2.0
+            url=url, namespace=ns, socket_timeout_s=timeout, connect_timeout_s=timeout, pool_timeout_s=timeout
         ),
         nodes=NodeLifecycleConfig(dead_after_s=30.0, ttl_s=120.0),
         cache=CacheConfig(seed=1, **cache),
-        subscriber=SubscriberConfig(ping_interval_s=interval, pong_timeout_s=interval),
+        subscriber=SubscriberConfig(ping_interval_s=interval, pong_timeout_s=interval, reconnect_max_s=0.2),
     )
 
 
@@ -434,3 +436,21 @@ async def test_job_finished_is_assumed_at_once(redis_url: str, ns: str, writer: 
         node = await registry.get_node(POOL, "n1")
         assert node is not None and node.current_jobs == 0 and node.version == admission.version + 1
         assert not await registry.job_finished(POOL, "n1", "j1")  # idempotent
+
+
+async def test_local_admissions_count_against_capacity_in_the_local_view(fault_server, ns: str) -> None:
+    # In LOCAL_ONLY, job_started admits against L1 and journals; the admission must show in
+    # L1 at once, or every later placement sees the node as free and admits past max_jobs.
+    cfg = make_config(fault_server.url, ns, timeout=0.25)
+    async with LocklessRegistry(cfg) as registry:
+        await registry.register_node(spec("n1", max_jobs=1))
+        await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
+        await asyncio.to_thread(fault_server.stop)
+        await until(lambda: registry.mode is Mode.LOCAL_ONLY, "LOCAL_ONLY", timeout=10.0)
+        first = await registry.job_started(POOL, "n1", "a")
+        assert (first.admitted, first.reason) == (True, "journaled")
+        node = await registry.get_node(POOL, "n1")
+        assert node is not None and node.current_jobs == 1
+        assert (await registry.select_nodes(POOL)).picks == ()
+        second = await registry.job_started(POOL, "n1", "b")
+        assert (second.admitted, second.reason) == (False, "full")
