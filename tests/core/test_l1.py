@@ -196,13 +196,27 @@ def test_a_newer_snapshot_also_retires_an_assumption() -> None:
     assert l1.peek("p", "n1").current_jobs == 0  # type: ignore[union-attr]
 
 
-def test_assume_never_goes_backwards_or_sideways() -> None:
+def test_assume_never_goes_backwards() -> None:
     l1 = store()
     current = snap(version=5, current=2)
     l1.apply(current, 0.0)
-    assert not l1.assume(snap(version=5, current=3), 0.0)
     assert not l1.assume(snap(version=4, current=3), 0.0)
     assert l1.peek("p", "n1") is current
+    assert "n1" not in l1.pool("p").assumed
+
+
+def test_assume_at_the_same_version_counts_a_local_admission() -> None:
+    # LOCAL_ONLY admits with no new version from Redis: the local count must still go up,
+    # or every later local admission sees the node free and admits past max_jobs.
+    l1 = store()
+    l1.apply(snap(version=5, current=0, max_jobs=1), 0.0)
+    assert l1.assume(snap(version=5, current=1, max_jobs=1), 0.0)
+    assert l1.peek("p", "n1").current_jobs == 1  # type: ignore[union-attr]
+    assert "n1" in l1.pool("p").assumed
+    assert list(l1.pool("p").placeable) == []  # full in the local view: selection skips it
+    index_consistent(l1.pool("p"))
+    # Redis confirms with a newer version after replay: the assumption is retired.
+    assert l1.apply(snap(version=6, current=1, max_jobs=1), 0.0)
     assert "n1" not in l1.pool("p").assumed
 
 
