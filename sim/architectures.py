@@ -37,7 +37,7 @@ from lockless.redis.store import RedisStore
 
 ARCHITECTURES = ("lockless", "locked", "direct")
 #: Records per pipelined HGETALL batch when a baseline reads a pool.
-RELIST_BATCH = 100
+RELIST_BATCH = 25
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,12 @@ class Dispatcher:
         self._seq = itertools.count()
         self._loads: dict[int, float] = {}
         self.sent = 0  # operations handed to registries (progress display)
+        self._touched: dict[str, set[str]] = defaultdict(set)
+
+    def take_touched(self) -> dict[str, set[str]]:
+        """Nodes (by pool) that admitted a job since the last call: the capacity check reads these."""
+        touched, self._touched = self._touched, defaultdict(set)
+        return touched
 
     # ---------------------------------------------------------------- replay
     async def run(self) -> None:
@@ -291,6 +297,7 @@ class Dispatcher:
         self, op: Op, reg: Registry, pool: str, node_id: str, job_id: str, reason: str, done: float
     ):
         self.rec.count("placed")
+        self._touched[pool].add(node_id)
         if reason == "journaled":
             self.rec.count("journaled_admissions")
         else:

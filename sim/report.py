@@ -285,7 +285,11 @@ def report_md(summary: dict[str, Any]) -> str:
             "| arch | op | P50 x | P99 x |",
             "|---|---|---|---|",
         ]
+        valid = {arch: a["valid"] for arch, a in summary["architectures"].items()}
         for arch, ops in summary["ratios_vs_lockless"].items():
+            if not (valid[arch] and valid.get("lockless")):
+                lines.append(f"| {arch} | (all) | INVALID run: no ratio | |")
+                continue
             for op, r in ops.items():
                 lines.append(f"| {arch} | {op} | {r['p50']:g} | {r['p99']:g} |")
     lines += ["", "## Consistency", ""]

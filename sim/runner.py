@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import multiprocessing
 import uuid
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from lockless.protocol import Heartbeat, Registry
 from lockless.redis.store import RedisStore
 from sim.architectures import build
 from sim.bridge import Bridge
-from sim.checks import ModeWatch, capacity_watch, converge, loop_watch
+from sim.checks import ModeWatch, capacity_sweep, capacity_watch, converge, loop_watch
 from sim.config import ExperimentConfig, from_mapping
 from sim.dispatcher import Dispatcher
 from sim.injector import FaultInjector
@@ -123,8 +124,13 @@ async def shard_phase(
         for k in planner.cluster.instances
     }
     monitors: list[asyncio.Task[Any]] = []
+    rec: Recorder | None = None
     try:
         await asyncio.gather(*(r.start() for r in registries.values()))
+        # Everything built so far lives for the whole phase: move it out of the collector's
+        # reach, so a full collection does not walk 100,000 nodes' worth of objects mid-run.
+        gc.collect()
+        gc.freeze()
         t0 = bridge.begin(bridge.now() + 0.05) if start_wall is None else bridge.begin_at_wall(start_wall)
         rec = Recorder(arch, t0=t0, warmup_s=config.experiment.warmup_s * harness.time_scale)
         injector = None
@@ -145,12 +151,11 @@ async def shard_phase(
             asyncio.create_task(modes.run(harness.monitor_interval_s)),
             asyncio.create_task(loop_watch(rec, bridge, harness.monitor_interval_s)),
         ]
-        if owns_faults:
-            monitors.append(
-                asyncio.create_task(
-                    capacity_watch(checker, config.nodes.pools, rec, bridge, harness.check_interval_s)
-                )
+        monitors.append(
+            asyncio.create_task(
+                capacity_watch(checker, dispatcher.take_touched, rec, bridge, harness.check_interval_s)
             )
+        )
         if progress is not None:
             monitors.append(
                 asyncio.create_task(_report_progress(progress, arch, dispatcher, rec, bridge, config))
@@ -164,6 +169,10 @@ async def shard_phase(
         # Socket timeouts bound every call; the extra second covers one reconnect.
         abandoned = await dispatcher.drain(harness.quiet_s + config.registry.redis.socket_timeout_s + 1.0)
         rec.count("abandoned", abandoned)
+        if owns_faults:
+            # One full sweep per phase, right away: once the plan has ended nodes stop
+            # heartbeating and, dead_after later, the reaper empties the pools.
+            await capacity_sweep(checker, config.nodes.pools, rec, bridge)
         await asyncio.sleep(harness.quiet_s)  # the quiet period is part of the experiment, not a sync
         await converge(registries, checker, config.nodes.pools, rec, bridge, harness.convergence_s)
         modes.poll()
@@ -186,8 +195,19 @@ async def shard_phase(
         for task in monitors:
             task.cancel()
         await asyncio.gather(*monitors, return_exceptions=True)
-        await asyncio.gather(*(r.close() for r in registries.values()), return_exceptions=True)
+        closed = await asyncio.gather(*(_close(r) for r in registries.values()), return_exceptions=True)
+        if rec is not None:
+            rec.count("close_timeouts", sum(1 for ok in closed if ok is not True))
         await checker.close()
+        gc.unfreeze()
+
+
+async def _close(registry: Registry, timeout_s: float = 5.0) -> bool:
+    """Close a registry, but never let a close that hangs hang the run (it is counted instead)."""
+    # Not wait_for: it would wait for the cancelled close to finish, which is the hang itself.
+    task = asyncio.ensure_future(registry.close())
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    return bool(done)
 
 
 def _process(server: RedisServer | None) -> psutil.Process | None:
@@ -281,9 +301,6 @@ async def _parent_phase(
         dispatcher = Dispatcher(
             config=config, planner=planner, registries={}, bridge=bridge, recorder=rec, on_fault=injector
         )
-        watch = asyncio.create_task(
-            capacity_watch(checker, config.nodes.pools, rec, bridge, harness.check_interval_s)
-        )
         await dispatcher.run()
         await dispatcher.drain(30.0)
         errors = []
@@ -295,8 +312,7 @@ async def _parent_phase(
                 rec.merge_data(data)
         for p in procs:
             await asyncio.to_thread(p.join, 10)
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
+        await capacity_sweep(checker, config.nodes.pools, rec, bridge)
         if errors:
             raise LocklessError("; ".join(errors))
         return rec
@@ -312,24 +328,34 @@ def _raw(config: ExperimentConfig) -> dict[str, Any]:
 
 # --------------------------------------------------------------------- run
 async def run_async(
-    config: ExperimentConfig, *, redis_url: str | None = None, progress: Progress | None = None
+    config: ExperimentConfig,
+    *,
+    redis_url: str | None = None,
+    server: RedisServer | None = None,
+    progress: Progress | None = None,
 ) -> RunOutcome:
-    """Run every architecture of ``config`` and return what was recorded."""
+    """Run every architecture of ``config`` and return what was recorded.
+
+    Redis: ``server`` (a running server the caller owns and lets us break), else
+    ``redis_url`` (external: server faults are refused), else a server started here.
+    """
     outcome = RunOutcome(config=config)
-    server: RedisServer | None = None
     proxy: FaultProxy | None = None
-    if redis_url is None:
+    owns_server = server is None and redis_url is None
+    if owns_server:
         server = RedisServer()
         await asyncio.to_thread(server.start)
+    if server is not None:
         server_url = server.url
     else:
+        assert redis_url is not None
         if config.needs_server:
             kinds = sorted({f.kind for f in config.faults if not f.needs_proxy})
             raise ConfigError(
                 "faults.kind",
                 ", ".join(kinds),
-                "link faults only with --redis-url (the harness "
-                "will not stop, pause or restart a server it does not own)",
+                "link faults only with --redis-url (the harness will not stop, pause or restart "
+                "a server it does not own)",
             )
         server_url = redis_url
     try:
@@ -354,7 +380,7 @@ async def run_async(
     finally:
         if proxy is not None:
             proxy.stop()
-        if server is not None:
+        if server is not None and owns_server:
             await asyncio.to_thread(server.cleanup)
     return outcome
 
