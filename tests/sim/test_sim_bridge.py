@@ -63,7 +63,7 @@ def test_warmup_is_not_recorded_and_errors_are_counted_by_type() -> None:
 
 def test_merge_adds_histograms_never_averages() -> None:
     a, b = Recorder("x", t0=0.0), Recorder("x", t0=0.0)
-    for i in range(99):
+    for _ in range(99):
         a.op("select", 1.0, 1.0, 1.0 + 0.001)
     b.op("select", 1.0, 1.0, 2.0)
     a.merge_data(b.to_data())

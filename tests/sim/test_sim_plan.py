@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from sim.config import from_mapping
 from sim.model.plan import Kind, Planner
 
@@ -45,7 +47,7 @@ def test_plan_does_not_depend_on_window_size() -> None:
 
 def test_plan_is_time_ordered_and_has_every_kind() -> None:
     plan = list(Planner(_config()).plan())
-    assert all(a.t <= b.t for a, b in zip(plan, plan[1:], strict=False))
+    assert all(a.t <= b.t for a, b in itertools.pairwise(plan))
     assert {op.kind for op in plan} == set(Kind)
     assert all(op.t < 20.0 for op in plan)
     starts = [op for op in plan if op.kind is Kind.FAULT_START]

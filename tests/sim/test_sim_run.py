@@ -74,7 +74,7 @@ async def test_external_url_refuses_server_faults(redis_url: str) -> None:
     config = _tiny("ext", ["direct"], [{"kind": "pause", "at_s": 1.0, "duration_s": 0.5}])
     try:
         await run_async(config, redis_url=redis_url)
-    except Exception as exc:  # noqa: BLE001 - the type and the message are both checked
+    except Exception as exc:  # the type and the message are both checked
         assert type(exc).__name__ == "ConfigError" and "faults.kind" in str(exc)
     else:
         raise AssertionError("a server fault against an external Redis must be refused")
