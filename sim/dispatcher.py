@@ -19,6 +19,7 @@ so time spent waiting for the loop counts as harness lag, and lag counts in late
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import math
@@ -199,22 +200,33 @@ class Dispatcher:
             spec = self.cluster.spec(op.idx)
             if op.value >= 0:
                 self._loads[op.idx] = op.value
-            # The spec rides along so that a Redis that lost its data gets the node back.
-            beats.append(
-                Heartbeat(pool=spec.pool, node_id=spec.node_id, load=self._loads.get(op.idx, 0.0), spec=spec)
-            )
+            beats.append(Heartbeat(pool=spec.pool, node_id=spec.node_id, load=self._loads.get(op.idx, 0.0)))
         intended = [self.bridge.real(op.t) for op in ops]
+        registry = self.registries[instance]
         sent = self.bridge.now()
         error: BaseException | None = None
         try:
-            results = await self.registries[instance].heartbeat_many(beats)
+            results = await registry.heartbeat_many(beats)
+            # A node Redis does not know (reaped while silent, or Redis lost its data) answers
+            # version 0; like a real node agent, it then heartbeats again carrying its spec,
+            # which re-creates it. Sending the spec every time would cost the harness a JSON
+            # encoding and five more arguments per heartbeat for an event that is rare.
+            unknown = [
+                (op, b)
+                for op, b, r in zip(ops, beats, results, strict=True)
+                if r.version == 0 and not r.journaled
+            ]
+            if unknown:
+                again = [dataclasses.replace(b, spec=self.cluster.spec(op.idx)) for op, b in unknown]
+                results = [*results, *await registry.heartbeat_many(again)]
+                self.rec.count("reregistered_by_heartbeat", len(again))
         except Exception as exc:  # recorded as a failed operation, by type
             error = exc
         else:
             for result in results:
                 if result.recreated:
-                    # A heartbeat sent before its node left (or crashed) but applied after the
-                    # removal re-creates the node, as the protocol says: it is alive in Redis again.
+                    # A node re-created after the harness removed it (a heartbeat sent before the
+                    # leave, applied after it): alive in Redis again, as the protocol says.
                     self.tracker.up(result.node_id)
                     self.rec.count("recreated_by_heartbeat")
         self.rec.batch("heartbeat", intended, sent, self.bridge.now(), error)
