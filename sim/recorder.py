@@ -167,7 +167,12 @@ class Recorder:
                     target[name].add(HdrHistogram.decode(encoded))
         for op, err, n in data["errors"]:
             self.errors[(op, err)] += n
-        self.counters.update(data["counters"])
+        for name, value in data["counters"].items():
+            # Gauges (CPU %, convergence time) are per shard: the worst shard speaks, not the sum.
+            if name.endswith(("_pct", "_ms")):
+                self.counters[name] = max(self.counters.get(name, 0), value)
+            else:
+                self.counters[name] += value
         for op, sec, ok, bad, buckets in data["per_second"]:
             second = self.per_second[(op, sec)]
             second[0] += ok
