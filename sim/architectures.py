@@ -30,7 +30,7 @@ from lockless.config import RegistryConfig
 from lockless.core.modes import Mode
 from lockless.core.selection import Selection, is_placeable, placement_key, select
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
-from lockless.errors import ConfigError, RedisUnavailable
+from lockless.errors import ConfigError, RedisUnavailable, UnknownPool
 from lockless.metrics import Metrics, MetricsSnapshot
 from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, Registry
 from lockless.redis.store import RedisStore
@@ -129,7 +129,7 @@ class _RedisBackedRegistry:
 
     def _check_pool(self, pool: str) -> None:
         if pool not in self.config.pools:
-            raise ConfigError("pool", pool, " | ".join(self.config.pools))
+            raise UnknownPool(pool, tuple(self.config.pools))
 
     # ---------------------------------------------------------------- reads
     async def get_node(self, pool: str, node_id: str) -> NodeSnapshot | None:
