@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from lockless.aio import cancel_and_wait
 from lockless.applier import EventApplier
 from lockless.config import RegistryConfig
 from lockless.core.journal import JournalEntry, WriteJournal
@@ -91,6 +92,7 @@ class LocklessRegistry(EventApplier):
         #: Journaled job admissions that Redis rejected on replay (the scheduler must re-place them).
         self.replay_rejections: deque[Admission] = deque(maxlen=10_000)
         self._started = False
+        self._closing = False
 
     # ================================================================ lifecycle
     async def start(self, *, timeout: float = 10.0) -> None:
@@ -114,11 +116,8 @@ class LocklessRegistry(EventApplier):
 
     async def close(self) -> None:
         """Stop background tasks and release connections. Idempotent."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._closing = True
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         await self._subscriber.stop()
         with contextlib.suppress(Exception):

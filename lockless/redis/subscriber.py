@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import hiredis
 from redis.connection import parse_url
 
+from lockless.aio import cancel_and_wait
 from lockless.config import RedisConfig, SubscriberConfig
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,7 @@ class Subscriber:
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _run(self) -> None:
