@@ -27,7 +27,7 @@ from lockless.core.journal import WriteJournal
 from lockless.core.l1 import L1Store
 from lockless.core.modes import Mode, ModeController, Signal
 from lockless.core.sequencer import APPLY, IGNORE, RELIST, CatchUp, PoolSequencer
-from lockless.core.snapshot import ChangeEvent, parse_event
+from lockless.core.snapshot import ChangeEvent, NodeSnapshot, parse_event
 from lockless.errors import MalformedRecord, RedisUnavailable
 from lockless.metrics import Metrics
 from lockless.protocol import Admission
@@ -59,6 +59,7 @@ class EventApplier:
     _behind: dict[str, int]
     _recovering: bool
     _applier_idle: bool
+    _closing: bool
 
     def _signal(self, signal: Signal, reason: str = "") -> None:  # pragma: no cover - defined by the registry
         raise NotImplementedError
@@ -113,7 +114,7 @@ class EventApplier:
         self._last_heard = time.monotonic()
 
     async def _apply_loop(self) -> None:
-        while True:
+        while not self._closing:
             self._applier_idle = True
             kind, target, payload = await self._queue.get()
             self._applier_idle = False
@@ -270,9 +271,12 @@ class EventApplier:
     async def _replay_journal(self) -> None:
         # Re-read the head each time: writes made during the replay are journaled behind it
         # (see _write), and a heartbeat coalesced into the head must be replayed again.
+        admitted_locally: dict[str, set[str]] = {}
         while pending := self.journal.pending():
             entry = pending[0]
             payload = entry.payload
+            if entry.op == "job_start":
+                admitted_locally.setdefault(entry.pool, set()).add(entry.node_id)
             if entry.op == "register":
                 await self.store.register(payload["spec"])
             elif entry.op == "heartbeat":
@@ -294,11 +298,19 @@ class EventApplier:
                 await self.store.job_finish(entry.pool, entry.node_id, str(payload["job_id"]))
             if self.journal.ack(entry):
                 self._metrics.inc("journal_replays")
+        # A local admission is assumed in L1 at the node's old version. When Redis refused the
+        # job on replay (or already held it) no new version follows, so no event would ever
+        # retire the assumption: re-read those nodes, which replaces same-version assumptions.
+        now = time.monotonic()
+        for pool, node_ids in admitted_locally.items():
+            for node in (await self.store.get_nodes(pool, sorted(node_ids))).values():
+                if isinstance(node, NodeSnapshot):
+                    self.l1.apply(node, now)
 
     # ================================================================== health
     async def _health_loop(self) -> None:
         interval = self.config.subscriber.ping_interval_s
-        while True:
+        while not self._closing:
             if self.modes.mode is Mode.LOCAL_ONLY:
                 deadline = self.modes.next_deadline()
                 delay = interval if deadline is None else max(0.0, deadline - time.monotonic())
@@ -348,7 +360,7 @@ class EventApplier:
                 self._behind.pop(pool, None)
 
     async def _reap_loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.config.nodes.reap_interval_s)
             with contextlib.suppress(RedisUnavailable):
                 await self.reap_once()

@@ -178,11 +178,17 @@ class L1Store:
         return index.drop(node_id) is not None
 
     def assume(self, node: NodeSnapshot, now: float) -> bool:
-        """Optimistically store the result of our own admitted write (see module docstring)."""
+        """Optimistically store the result of our own admitted write (see module docstring).
+
+        The same version is allowed: a LOCAL_ONLY admission has no new version from Redis
+        yet, and must still count against the node's capacity in the local view.
+        """
         index = self.pool(node.pool)
         current = index.nodes.get(node.node_id)
-        if current is not None and current.version >= node.version:
+        if current is not None and current.version > node.version:
             return False
+        if current is None and node.version <= index.tombstones.get(node.node_id, 0):
+            return False  # removed meanwhile: our write's answer must not resurrect it
         index.put(node, self._expiry(now, self.entry_ttl_s))
         index.assumed.add(node.node_id)
         return True

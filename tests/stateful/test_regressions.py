@@ -96,9 +96,6 @@ async def test_data_loss_is_noticed_after_a_log_catch_up(fault_server: RedisServ
         )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: a LOCAL_ONLY admission not counted on replay stays assumed in L1"
-)
 @pytest.mark.parametrize("redis_says", ["not_alive", "already_admitted"])
 async def test_a_local_admission_redis_does_not_count_leaves_no_phantom_job(
     fault_server: RedisServer, ns: str, redis_says: str
@@ -141,9 +138,6 @@ async def test_a_local_admission_redis_does_not_count_leaves_no_phantom_job(
     await writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: close() cancels once; a cancel swallowed by wait_for (py3.11) hangs it"
-)
 async def test_close_returns_even_if_a_command_swallowed_the_cancellation(
     fault_server: RedisServer, ns: str
 ) -> None:
@@ -176,9 +170,6 @@ async def test_close_returns_even_if_a_command_swallowed_the_cancellation(
             pytest.fail(f"close() still waiting after 3 s (attempt {attempt}): a task outlived its cancel")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: a record that is not UTF-8 raises UnicodeDecodeError from the store"
-)
 async def test_a_record_that_is_not_utf8_is_skipped_not_fatal(redis_url: str, ns: str) -> None:
     """One node hash holding bytes that are not UTF-8 must not poison its pool.
 
