@@ -176,7 +176,20 @@ def _check_name(field_name: str, value: object) -> None:
 
 
 def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes | bytearray) else str(raw)
+    # surrogateescape: bytes that are not UTF-8 survive as lone surrogates, which every field
+    # decoder then rejects as a MalformedRecord naming the field (never a UnicodeDecodeError).
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes | bytearray) else str(raw)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates (undecodable bytes, or a JSON ``\\udcxx`` escape)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _int_field(node_id: str, fields: Mapping[str, str], name: str, *, minimum: int = 0) -> int:
@@ -201,7 +214,8 @@ def _decode_resources(text: str) -> Mapping[str, float] | None:
     except ValueError:
         return None
     if not isinstance(value, dict) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value.values()
+        _is_utf8(k) and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for k, v in value.items()
     ):
         return None
     return _freeze_resources(value)
@@ -213,7 +227,7 @@ def _decode_labels(text: str) -> frozenset[str] | None:
         value = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+    if not isinstance(value, list) or not all(isinstance(x, str) and _is_utf8(x) for x in value):
         return None
     return frozenset(value)
 

@@ -99,6 +99,9 @@ class RedisStore:
             "socket_connect_timeout": cfg.connect_timeout_s,
             "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), cfg.retries),
             "decode_responses": True,
+            # A record holding bytes that are not UTF-8 must reach the codec (which rejects it
+            # as a MalformedRecord naming the field), not fail inside redis-py's reply decoding.
+            "encoding_errors": "surrogateescape",
         }
         kwargs.update(overrides)
         pool = aioredis.BlockingConnectionPool.from_url(cfg.url, **kwargs)
@@ -294,8 +297,11 @@ class RedisStore:
     # ---------------------------------------------------------------- reads
     async def get_node(self, pool: str, node_id: str) -> NodeSnapshot | None:
         """One record (``HGETALL``); None if absent. Raises MalformedRecord if it does not decode."""
-        raw = await self._call("HGETALL", lambda: self.client.hgetall(self.keys.node(pool, node_id)))
-        return parse_node_hash(pool, node_id, raw) if raw else None
+        found = await self.get_nodes(pool, [node_id])
+        value = found[node_id]
+        if isinstance(value, MalformedRecord):
+            raise value
+        return value
 
     async def get_nodes(
         self, pool: str, node_ids: Sequence[str]
@@ -308,11 +314,21 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=False)
             for node_id in node_ids:
                 pipe.hgetall(self.keys.node(pool, node_id))
-            return await pipe.execute()
+            # One bad key (WRONGTYPE: clobbered by another program) must not fail the rest;
+            # any other error (BUSY, LOADING, ...) is the server's and fails the call.
+            replies = await pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
+                    raise reply
+            return replies
 
-        replies = await self._call(f"HGETALL x{len(node_ids)}", run)
+        what = "HGETALL" if len(node_ids) == 1 else f"HGETALL x{len(node_ids)}"
+        replies = await self._call(what, run)
         out: dict[str, NodeSnapshot | MalformedRecord | None] = {}
         for node_id, raw in zip(node_ids, replies, strict=True):
+            if isinstance(raw, ResponseError):
+                out[node_id] = MalformedRecord(node_id, "(key)", "holds another type than a hash")
+                continue
             try:
                 out[node_id] = parse_node_hash(pool, node_id, raw) if raw else None
             except MalformedRecord as exc:
