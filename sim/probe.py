@@ -1,0 +1,327 @@
+"""The probe: every architecture's hot operations side by side, counted and timed, in one quiet pool.
+
+After the phases of a run (Redis idle, the phases' keys flushed) the runner builds one
+registry of each architecture of the experiment on a fresh namespace and pool of up to
+:data:`MAX_NODES` nodes, and measures the five operations a scheduler calls
+(``get``, ``select``, ``job_start``, ``job_finish``, ``heartbeat``) plus a raw redis-py
+``PING`` as the calibration round trip. Two things come out, and both feed
+``lockless-sim check`` (``sim/budgets.py``):
+
+* **Counts** (deterministic, robust on any machine). Per operation, the ``INFO
+  commandstats`` delta divided by the number of calls (``commands``: every command the
+  server executed, the Lua scripts' inner calls included, since Redis counts those too),
+  and, from one extra pass with ``SLOWLOG`` recording every command, the commands
+  *clients* sent (``client_commands``: script-internal entries, whose client address is
+  ``?:0``, left out). "A write is one round trip" reads ``client_commands.total == 1``
+  and ``evalsha == 1``; "an L1 read never touches Redis" reads ``commands.total == 0``.
+* **Latencies, interleaved** (ratios robust on a noisy machine). Rounds of
+  ``per_round`` calls per (architecture, operation) and of raw ``PING``, the order rotated
+  every round, so drift from other processes falls on every lane alike. One sequential
+  caller, per-call ``perf_counter_ns``, exact percentiles over every sample.
+
+The probe's registries never reap (``reap_interval_s = 0``) and their subscribers do not
+ping (an hour's interval): nothing runs in the background that could land a command in
+a counting window. Administrative commands (``info``, ``slowlog``, ``config``, ``client``,
+``hello``, ``flushall``) are never counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from lockless.config import RedisConfig
+from lockless.core.snapshot import NodeSpec
+from lockless.protocol import Registry
+from lockless.redis.store import RedisStore
+from sim.architectures import build
+from sim.config import ExperimentConfig
+
+#: Operations probed per architecture, in their first-round order.
+OPS = ("get", "select", "job_start", "job_finish", "heartbeat")
+#: Commands that administer the server (ours or redis-py's connection set-up): never counted.
+ADMIN_COMMANDS = frozenset({"info", "slowlog", "config", "client", "hello", "flushall", "select", "auth"})
+#: The probe pool never holds more nodes than this (a locked select reads every one of them).
+MAX_NODES = 1000
+_ADMIN_NAME = "lockless-probe-admin"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ProbePlan:
+    """How many calls the probe makes."""
+
+    rounds: int = 5
+    """Interleaved rounds; the lane order rotates every round."""
+    per_round: int = 40
+    """Calls per lane per round (``select`` makes fewer: :attr:`selects_per_round`)."""
+    selects_per_round: int = 10
+    """A baseline's select reads the whole pool from Redis: fewer of them keep the probe short."""
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after.keys() | before.keys()}
+
+
+def countable(stats: dict[str, int]) -> dict[str, int]:
+    """``stats`` without administrative commands and zero entries."""
+    return {k: v for k, v in stats.items() if v and k.split("|")[0] not in ADMIN_COMMANDS}
+
+
+async def command_stats(client: aioredis.Redis) -> dict[str, int]:
+    """``INFO commandstats`` as ``{command: calls}`` (Redis 7 subcommands kept as ``config|set``)."""
+    info = await client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_").lower(): int(fields["calls"])
+        for name, fields in info.items()
+        if isinstance(fields, dict) and "calls" in fields
+    }
+
+
+async def server_stats(url: str) -> tuple[str, dict[str, int]]:
+    """The server's ``run_id`` (it changes when the server restarts) and its command stats."""
+    client = admin_client(url)
+    try:
+        run_id = str((await client.info("server")).get("run_id", ""))
+        return run_id, await command_stats(client)
+    finally:
+        await client.aclose()
+
+
+def phase_commands(
+    before: tuple[str, dict[str, int]], after: tuple[str, dict[str, int]]
+) -> dict[str, Any]:
+    """What the server executed between two :func:`server_stats` snapshots (admin commands left out).
+
+    A server restarted in between (a ``restart_empty`` fault) starts its counts again:
+    the result then holds the counts since the restart and says so.
+    """
+    restarted = before[0] != after[0]
+    calls = countable(after[1] if restarted else _delta(before[1], after[1]))
+    return {
+        "calls": dict(sorted(calls.items())),
+        "total": sum(calls.values()),
+        "server_restarted": restarted,
+    }
+
+
+def admin_client(url: str) -> aioredis.Redis:
+    """A short-timeout client without retries for the harness's own INFO / SLOWLOG / CONFIG calls."""
+    return RedisStore.make_client(
+        RedisConfig(url=url, socket_timeout_s=5.0, connect_timeout_s=5.0, pool_timeout_s=5.0, retries=0),
+        client_name=_ADMIN_NAME,
+    )
+
+
+def _summary(samples_ns: Sequence[int]) -> dict[str, Any]:
+    us = np.asarray(samples_ns, dtype=np.float64) / 1000.0
+    p50, p90, p99 = np.percentile(us, [50, 90, 99])
+    return {
+        "count": int(us.size),
+        "p50_us": round(float(p50), 2),
+        "p90_us": round(float(p90), 2),
+        "p99_us": round(float(p99), 2),
+        "max_us": round(float(us.max()), 2),
+    }
+
+
+def _per_op(calls: Counter[str], ops: int) -> dict[str, float]:
+    out = {k: round(v / ops, 3) for k, v in sorted(calls.items()) if v}
+    out["total"] = round(sum(calls.values()) / ops, 3)
+    return out
+
+
+class _Lane:
+    """One (architecture, operation): makes its calls on distinct nodes and distinct job ids."""
+
+    def __init__(self, arch: str, op: str, registry: Registry | None, specs: Sequence[NodeSpec]) -> None:
+        self.arch, self.op, self.registry, self.specs = arch, op, registry, specs
+        self.samples: list[int] = []
+        self.commands: Counter[str] = Counter()
+        self.calls = 0
+        self._cursor = 0
+        self._jobs: list[tuple[NodeSpec, str]] = []
+        self._serial = 0
+
+    def call(self, admin: aioredis.Redis) -> Callable[[], Awaitable[Any]]:
+        """The next call of this lane (bound to its node and job), ready to be timed."""
+        reg, pool = self.registry, self.specs[0].pool
+        if self.op == "ping":
+            return admin.ping
+        assert reg is not None
+        spec = self.specs[self._cursor % len(self.specs)]
+        self._cursor += 1
+        if self.op == "get":
+            return lambda: reg.get_node(pool, spec.node_id)
+        if self.op == "select":
+            return lambda: reg.select_nodes(pool, 1)
+        if self.op == "heartbeat":
+            # Same load as registered: a quiet heartbeat (no new version, no event).
+            return lambda: reg.heartbeat(pool, spec.node_id, load=spec.load)
+        if self.op == "job_start":
+            self._serial += 1
+            job = f"probe-{self.arch}-{self._serial}"
+            self._jobs.append((spec, job))
+            return lambda: reg.job_started(pool, spec.node_id, job)
+        if self.op == "job_finish":
+            # Finishes the jobs its sibling job_start lane admitted, oldest first.
+            node, job = self.pending.pop(0)
+            return lambda: reg.job_finished(pool, node.node_id, job)
+        raise ValueError(f"probe op: got {self.op!r}; allowed: ping | {' | '.join(OPS)}")
+
+    pending: list[tuple[NodeSpec, str]]
+
+
+async def _run_lane(lane: _Lane, admin: aioredis.Redis, n: int, *, timed: bool) -> None:
+    pc = time.perf_counter_ns
+    for _ in range(n):
+        call = lane.call(admin)
+        t0 = pc()
+        await call()
+        if timed:
+            lane.samples.append(pc() - t0)
+
+
+async def _client_commands(admin: aioredis.Redis, limit: int) -> Counter[str] | None:
+    """Commands clients (not scripts, not us) sent since the last SLOWLOG RESET."""
+    entries = await admin.slowlog_get(limit)
+    out: Counter[str] = Counter()
+    for e in entries:
+        addr, name = _text(e.get("client_address", "")), _text(e.get("client_name", ""))
+        if addr.startswith("?") or name == _ADMIN_NAME:
+            continue  # a script's inner call, or the probe's own admin connection
+        cmd = _text(e.get("command", "")).split(" ", 1)[0].lower()
+        if cmd and cmd not in ADMIN_COMMANDS:
+            out[cmd] += 1
+    return out
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+async def run_probe(
+    config: ExperimentConfig, url: str, *, plan: ProbePlan | None = None, seed_ns: str | None = None
+) -> dict[str, Any]:
+    """Probe every architecture of ``config`` against the server at ``url``; returns plain data.
+
+    Leaves nothing behind: the probe's keys are deleted and any changed server setting
+    (the SLOWLOG threshold) is restored.
+    """
+    plan = plan or ProbePlan()
+    archs = list(config.experiment.architectures)
+    ns = seed_ns or f"probe-{config.experiment.name}-{uuid.uuid4().hex[:6]}"
+    pool = config.nodes.pools[0]
+    n_nodes = min(config.nodes.count, MAX_NODES)
+    base = config.registry
+    reg_cfg = dataclasses.replace(
+        base,
+        redis=dataclasses.replace(base.redis, url=url, namespace=ns),
+        nodes=dataclasses.replace(base.nodes, reap_interval_s=0.0, dead_after_s=3600.0, ttl_s=7200.0),
+        cache=dataclasses.replace(base.cache, entry_ttl_s=3600.0, seed=config.experiment.seed),
+        subscriber=dataclasses.replace(base.subscriber, ping_interval_s=3600.0, pong_timeout_s=60.0),
+    )
+    specs = [
+        NodeSpec(
+            node_id=f"probe{i:05d}",
+            pool=pool,
+            # Room for every job a round admits on one node before its finishes run.
+            max_jobs=max(config.nodes.max_jobs, plan.per_round),
+            resources=dict(config.nodes.resources),
+        )
+        for i in range(n_nodes)
+    ]
+    admin = admin_client(url)
+    writer = RedisStore(reg_cfg.redis, reg_cfg.nodes)
+    registries: dict[str, Registry] = {}
+    slowlog_saved: dict[str, str] | None = None
+    try:
+        await writer.load_scripts()
+        for i in range(0, len(specs), 500):
+            await writer.register_many(specs[i : i + 500])
+        for arch in archs:
+            registries[arch] = build(arch, reg_cfg, instance=f"probe-{arch}")
+        await asyncio.gather(*(r.start() for r in registries.values()))
+
+        lanes: list[_Lane] = [_Lane("redis", "ping", None, specs)]
+        for arch in archs:
+            by_op = {op: _Lane(arch, op, registries[arch], specs) for op in OPS}
+            by_op["job_finish"].pending = by_op["job_start"]._jobs
+            lanes += by_op.values()
+
+        def count(lane: _Lane) -> int:
+            return plan.selects_per_round if lane.op == "select" else plan.per_round
+
+        for lane in lanes:  # warm-up, unrecorded: connections opened, scripts loaded, indexes built
+            await _run_lane(lane, admin, 3, timed=False)
+        for r in range(plan.rounds):
+            shift = r % len(lanes)
+            for lane in lanes[shift:] + lanes[:shift]:
+                if lane.op == "job_finish" and len(lane.pending) < count(lane):
+                    # Admit the jobs to finish first, outside the window (rotation may put
+                    # this lane before its job_start lane).
+                    starter = lanes[lanes.index(lane) - 1]
+                    await _run_lane(starter, admin, count(lane) - len(lane.pending), timed=False)
+                before = await command_stats(admin)
+                await _run_lane(lane, admin, count(lane), timed=True)
+                lane.commands.update(countable(_delta(before, await command_stats(admin))))
+                lane.calls += count(lane)
+        for lane in lanes:  # finish whatever the rotation left admitted
+            while lane.op == "job_finish" and lane.pending:
+                await _run_lane(lane, admin, 1, timed=False)
+
+        client_cmds: dict[tuple[str, str], dict[str, float]] = {}
+        try:
+            slowlog_saved = {
+                k: str(v)
+                for k, v in (await admin.config_get("slowlog-*")).items()
+                if k in ("slowlog-log-slower-than", "slowlog-max-len")
+            }
+            await admin.config_set("slowlog-log-slower-than", 0)
+            await admin.config_set("slowlog-max-len", 100_000)
+        except RedisError:
+            slowlog_saved = None  # CONFIG refused (a managed server): no client-command split
+        if slowlog_saved is not None:
+            for lane in lanes[1:]:
+                n = count(lane)
+                if lane.op == "job_finish" and len(lane.pending) < n:
+                    await _run_lane(lanes[lanes.index(lane) - 1], admin, n - len(lane.pending), timed=False)
+                await admin.slowlog_reset()
+                await _run_lane(lane, admin, n, timed=False)
+                seen = await _client_commands(admin, 100_000)
+                if seen is not None:
+                    client_cmds[(lane.arch, lane.op)] = _per_op(seen, n)
+    finally:
+        if slowlog_saved:
+            for key, value in slowlog_saved.items():
+                await admin.config_set(key, value)
+        await asyncio.gather(*(r.close() for r in registries.values()), return_exceptions=True)
+        async for key in admin.scan_iter(match=f"{ns}:*", count=1000):
+            await admin.unlink(key)
+        await writer.close()
+        await admin.aclose()
+
+    out: dict[str, Any] = {
+        "nodes": n_nodes,
+        "pool": pool,
+        "plan": dataclasses.asdict(plan),
+        "order": "interleaved: lanes rotated every round; one sequential caller; exact percentiles",
+        "ping": _summary(lanes[0].samples),
+        "client_commands_measured": bool(client_cmds),
+        "architectures": {},
+    }
+    for lane in lanes[1:]:
+        entry = _summary(lane.samples) if lane.samples else {"count": 0}
+        entry["commands"] = _per_op(lane.commands, lane.calls) if lane.calls else {}
+        if (lane.arch, lane.op) in client_cmds:
+            entry["client_commands"] = client_cmds[(lane.arch, lane.op)]
+        out["architectures"].setdefault(lane.arch, {})[lane.op] = entry
+    return out
