@@ -156,17 +156,18 @@ class EventApplier:
 
     async def _judge(self, event: ChangeEvent, *, live: bool) -> None:
         known = self.sequencer.epoch(event.pool)
-        if event.epoch is not None and known != event.epoch:
-            if known is None and self.sequencer.last_seq(event.pool) is not None:
-                # Listed before its first write: this is the epoch that write created.
-                self.sequencer.synced(event.pool, self.sequencer.last_seq(event.pool) or 0, event.epoch)
-            else:
-                # Redis lost its data: seqs restarted, so the event cannot be placed by seq.
-                self._signal(Signal.STREAM_LOST, f"pool {event.pool} epoch changed")
-                await self._relist(event.pool)
-                if self.modes.mode is Mode.L2_ONLY and not self._recovering:
-                    self._queue.put_nowait(("recover", "", f"pool {event.pool} relisted after epoch change"))
-                return
+        # (A pool listed before its first write adopts the epoch that write created.)
+        if (
+            event.epoch is not None
+            and known != event.epoch
+            and not self.sequencer.adopt_first_epoch(event.pool, event.epoch)
+        ):
+            # Redis lost its data: seqs restarted, so the event cannot be placed by seq.
+            self._signal(Signal.STREAM_LOST, f"pool {event.pool} epoch changed")
+            await self._relist(event.pool)
+            if self.modes.mode is Mode.L2_ONLY and not self._recovering:
+                self._queue.put_nowait(("recover", "", f"pool {event.pool} relisted after epoch change"))
+            return
         decision = self.sequencer.on_event(event.pool, event.seq)
         if decision == APPLY:
             self._apply(event, live=live)
@@ -213,6 +214,15 @@ class EventApplier:
                 await self._relist(pool)
                 return
             for event in read.events:
+                if (
+                    event.epoch is not None
+                    and event.epoch != self.sequencer.epoch(pool)
+                    and not self.sequencer.adopt_first_epoch(pool, event.epoch)
+                ):
+                    # The log is of another life of the pool than L1's records.
+                    self._metrics.inc("epoch_changes")
+                    await self._relist(pool, reset=True)
+                    return
                 if self.sequencer.on_event(pool, event.seq) == APPLY:
                     self._apply(event, live=False)
             if self.sequencer.last_seq(pool) == last:  # nothing applied: the log has a hole
@@ -341,10 +351,9 @@ class EventApplier:
             return
         for pool, (seq, epoch) in states.items():
             last = self.sequencer.last_seq(pool)
-            if self.sequencer.epoch(pool) is None and epoch is not None and last is not None and seq >= last:
-                # Listed before its first write: learn the epoch that write created, so that a
-                # later loss of data is recognised.
-                self.sequencer.synced(pool, last, epoch)
+            # Listed before its first write: learn the epoch that write created, so that a
+            # later loss of data is recognised.
+            self.sequencer.adopt_first_epoch(pool, epoch)
             if self.sequencer.epoch_changed(pool, epoch):
                 self._signal(Signal.STREAM_LOST, f"pool {pool} epoch changed")
                 self._queue.put_nowait(("recover", "", f"pool {pool} relisted after epoch change"))

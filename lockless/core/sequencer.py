@@ -88,8 +88,18 @@ class PoolSequencer:
     def epoch_changed(self, pool: str, epoch: str | None) -> bool:
         """True if ``epoch`` differs from the one this instance synced (Redis lost its data).
 
-        A pool first listed before any write had no epoch yet; the first write creating
-        one is not a loss of data.
+        A pool first listed before any write (at seq 0) had no epoch yet; the first write
+        creating one is not a loss of data. But records applied past seq 0 without knowing
+        their epoch cannot be vouched for against a new one: that counts as changed.
         """
         known = self._epoch.get(pool)
-        return known is not None and known != epoch
+        if known is None:
+            return epoch is not None and (self._last.get(pool) or 0) > 0
+        return known != epoch
+
+    def adopt_first_epoch(self, pool: str, epoch: str | None) -> bool:
+        """Learn the epoch the pool's first write created; only for a pool listed at seq 0."""
+        if epoch is None or self._epoch.get(pool) is not None or self._last.get(pool) != 0:
+            return False
+        self._epoch[pool] = epoch
+        return True

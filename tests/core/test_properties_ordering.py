@@ -262,9 +262,10 @@ def test_last_seq_only_moves_back_by_a_relist_or_an_invalidation(ops) -> None:
         assert seqr.behind("p", value) == (after is None or value > after)
 
 
+@pytest.mark.parametrize("at", [0, 3])
 @pytest.mark.parametrize("known", [None, "e1"])
-def test_epoch_changed_is_only_about_a_known_epoch(known: str | None) -> None:
+def test_epoch_changed_unless_known_or_listed_before_the_first_write(known: str | None, at: int) -> None:
     seqr = PoolSequencer()
-    seqr.synced("p", 3, known)
-    assert seqr.epoch_changed("p", "e2") is (known is not None)
+    seqr.synced("p", at, known)
+    assert seqr.epoch_changed("p", "e2") is (known is not None or at > 0)
     assert seqr.epoch_changed("p", known) is False

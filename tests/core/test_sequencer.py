@@ -119,7 +119,7 @@ EPOCHS = {
     ("e1", "e1"): False,
     ("e1", "e2"): True,
     ("e1", None): True,  # the epoch key vanished: Redis lost its data
-    (None, "e1"): False,  # listed before the pool's first write: that write made the epoch
+    (None, "e1"): True,  # records applied past seq 0 of an unknown epoch cannot be vouched for
     (None, None): False,
 }
 
@@ -132,6 +132,19 @@ def test_epoch_changed(known: str | None, seen: str | None) -> None:
 
 def test_epoch_of_an_unknown_pool_never_counts_as_changed() -> None:
     assert not PoolSequencer().epoch_changed("p", "anything")
+
+
+def test_a_pool_listed_empty_adopts_the_epoch_its_first_write_made() -> None:
+    seq = synced_at(0, None)
+    assert not seq.epoch_changed("p", "e1")  # listed before the first write: not a loss
+    assert seq.adopt_first_epoch("p", "e1") and seq.epoch("p") == "e1"
+    assert not seq.adopt_first_epoch("p", "e2")  # only the first one
+    assert seq.epoch_changed("p", "e2")
+
+
+def test_a_first_epoch_is_not_adopted_past_seq_0() -> None:
+    seq = synced_at(3, None)
+    assert not seq.adopt_first_epoch("p", "e1") and seq.epoch("p") is None
 
 
 def test_catch_up_is_a_frozen_value() -> None:
