@@ -1,9 +1,11 @@
-"""Command line: ``lockless-sim run experiments/<name>.toml`` and ``lockless-sim compare DIR...``.
+"""Command line: ``lockless-sim run experiments/<name>.toml``, ``compare DIR...`` and ``check TARGET``.
 
 ``run`` replays an experiment against the embedded ``redis-server`` (or ``--redis-url``)
 and writes ``<out>/<name>/<utc>-<git8>-<cfghash8>/``; progress (elapsed, operations sent,
 harness lag) is shown while it runs. ``compare`` reads the ``summary.json`` of several run
 folders and prints operations x architectures with P50/P99 and ratios to lockless.
+``check`` holds result folders to ``experiments/budgets.toml`` (``sim/budgets.py``); given an
+experiment file it runs it first, and once more if the run is INVALID.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def run(experiment: Path, redis_url: str | None, out: Path, duration: float | None, quiet: bool) -> None:
     """Run EXPERIMENT (a TOML file) and write its results folder."""
+    folder = _run_experiment(experiment, redis_url=redis_url, out=out, duration=duration, quiet=quiet)
+    summary = json.loads((folder / "summary.json").read_text())
+    Console().print(_table([summary], [folder.name]))
+    click.echo(str(folder))
+
+
+def _run_experiment(
+    experiment: Path, *, redis_url: str | None, out: Path, duration: float | None, quiet: bool
+) -> Path:
+    """Run one experiment file with a progress display; returns the result folder written."""
     from sim.config import load_toml
     from sim.report import write_run
     from sim.runner import run_async
@@ -84,10 +96,93 @@ def run(experiment: Path, redis_url: str | None, out: Path, duration: float | No
             outcome = asyncio.run(run_async(config, redis_url=redis_url, progress=progress))
         except (ConfigError, LocklessError) as exc:
             raise click.ClickException(str(exc)) from None
-    folder = write_run(outcome, out)
-    summary = json.loads((folder / "summary.json").read_text())
-    Console().print(_table([summary], [folder.name]))
-    click.echo(str(folder))
+    return write_run(outcome, out)
+
+
+@cli.command()
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--budgets",
+    "budgets_file",
+    default=Path("experiments/budgets.toml"),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    show_default=True,
+    help="The budgets file.",
+)
+@click.option(
+    "--rerun-invalid/--no-rerun-invalid",
+    default=True,
+    show_default=True,
+    help="TARGET is an experiment: run it again once if the first run is INVALID (overloaded harness).",
+)
+@click.option("--all", "show_all", is_flag=True, help="List every budget, not only what fell short.")
+@click.option(
+    "--out",
+    default=Path("results"),
+    type=click.Path(file_okay=False, path_type=Path),
+    show_default=True,
+    help="TARGET is an experiment: results root of its run(s).",
+)
+@click.option("--redis-url", default=None, help="TARGET is an experiment: use this Redis.")
+@click.option("--quiet", is_flag=True, help="No progress display while running an experiment.")
+def check(
+    target: Path,
+    budgets_file: Path,
+    rerun_invalid: bool,
+    show_all: bool,
+    out: Path,
+    redis_url: str | None,
+    quiet: bool,
+) -> None:
+    """Check result folder(s) TARGET against latency budgets; or run experiment TARGET (.toml), then check.
+
+    TARGET may be one run folder (holding summary.json), a folder of runs such as
+    results/reference/ (every experiment in it, the newest run of each), or an experiment
+    file: that is run into --out and checked, and run once more if INVALID.
+
+    Exit status: 0 every budget held; 1 a budget fell short (or none applied);
+    3 INVALID: the harness was overloaded, so timing budgets were not judged;
+    2 bad usage or a malformed budgets file.
+    """
+    from sim.budgets import BudgetError, check_runs, find_runs, load_budgets, render
+
+    try:
+        budgets = load_budgets(budgets_file)
+    except BudgetError as exc:
+        raise _Exit(f"{budgets_file}: {exc}", 2) from None
+    attempts = 1 + int(rerun_invalid) if target.suffix == ".toml" and target.is_file() else 1
+    for attempt in range(attempts):
+        if target.suffix == ".toml" and target.is_file():
+            runs = [_run_experiment(target, redis_url=redis_url, out=out, duration=None, quiet=quiet)]
+        else:
+            runs = find_runs(target) if target.is_dir() else []
+            if not runs:
+                raise _Exit(f"{target}: no summary.json in it or in its subfolders (not a result folder)", 2)
+        report = check_runs(runs, budgets)
+        # Wide enough for the table even when CI pipes the output (rich assumes 80 columns then).
+        out_console = Console(width=None if sys.stdout.isatty() else 160)
+        for name, why in report.invalid_phases.items():
+            out_console.print(f"[yellow]INVALID[/] {name}: " + "; ".join(why))
+        for name in report.unchecked:
+            out_console.print(f"[red]no budget in {budgets_file} applies to {name}[/]")
+        if report.rows and (show_all or report.verdict != "PASS"):
+            out_console.print(render(report, show_all=show_all))
+        counts = {s: sum(1 for r in report.rows if r.status == s) for s in ("ok", "FAIL", "INVALID")}
+        out_console.print(
+            f"{report.verdict}: {len(report.rows)} budget checks on {len(runs)} run(s): "
+            f"{counts['ok']} ok, {counts['FAIL']} failed, {counts['INVALID']} not judged (INVALID)"
+        )
+        if report.verdict != "INVALID" or attempt + 1 == attempts:
+            sys.exit(report.exit_code)
+        out_console.print("[yellow]INVALID run: running it once more[/]")
+
+
+class _Exit(click.ClickException):
+    """A ClickException with its own exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
 
 
 @cli.command()
