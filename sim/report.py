@@ -5,7 +5,9 @@
 * ``config.toml`` - the resolved experiment (every default filled in);
 * ``summary.json`` - machine (hostname, CPU model, cores, Python, Redis version), git
   commit, config hash, and per architecture: validity, harness lag and CPU, percentiles
-  per operation, counters, errors, violations;
+  per operation, counters, errors, violations, the Redis commands the phase executed
+  (``commands``: INFO commandstats delta), and the run's ``probe`` (sim/probe.py: commands
+  per operation and interleaved latencies of every architecture, with a raw PING);
 * ``percentiles.csv`` - one row per (architecture, operation);
 * ``timeline.csv`` - faults, mode switches, violations, phase markers;
 * ``throughput.csv`` - per second and operation: completions, errors, ~P50/P99;
@@ -134,6 +136,9 @@ def write_run(outcome: RunOutcome, out_root: Path, *, now: dt.datetime | None = 
     (folder / "config.toml").write_text(tomli_w.dumps(cfg))
     bound = config.harness.max_lag_p99_ms
     archs = {arch: arch_summary(rec, bound) for arch, rec in outcome.recorders.items()}
+    for arch, data in archs.items():  # the phase's INFO commandstats delta (sim/probe.py)
+        if "commands" in outcome.phases.get(arch, {}):
+            data["commands"] = outcome.phases[arch]["commands"]
     summary = {
         "experiment": config.experiment.name,
         "description": config.experiment.description,
@@ -147,6 +152,8 @@ def write_run(outcome: RunOutcome, out_root: Path, *, now: dt.datetime | None = 
         "architectures": archs,
         "ratios_vs_lockless": ratios(archs),
     }
+    if "probe" in outcome.phases:  # commands per operation and interleaved latencies (sim/probe.py)
+        summary["probe"] = outcome.phases["probe"]
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _write_csvs(folder, outcome, archs)
     for arch, rec in outcome.recorders.items():

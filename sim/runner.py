@@ -47,6 +47,7 @@ from sim.config import ExperimentConfig, from_mapping
 from sim.dispatcher import Dispatcher
 from sim.injector import FaultInjector
 from sim.model.plan import Cluster, Planner
+from sim.probe import phase_commands, run_probe, server_stats
 from sim.proxy import FaultProxy
 from sim.recorder import Recorder
 from sim.redis_server import RedisServer
@@ -371,12 +372,20 @@ async def run_async(
                 checker_url=server_url,
                 namespace=f"sim-{config.experiment.name}-{arch}-{token}",
             )
+            stats0 = await server_stats(server_url)
             if config.harness.workers > 1:
                 rec = await _parent_phase(config, arch, target, server, proxy, progress)
             else:
                 rec = await shard_phase(config, arch, target, server=server, proxy=proxy, progress=progress)
             outcome.recorders[arch] = rec
             await _forget(target, server)
+            # What the server executed for this phase (INFO commandstats delta; sim/probe.py).
+            outcome.phases.setdefault(arch, {})["commands"] = phase_commands(
+                stats0, await server_stats(server_url)
+            )
+        # Every architecture side by side on a quiet pool: commands per operation, and
+        # interleaved latencies with a raw PING as the round-trip yardstick (sim/probe.py).
+        outcome.phases["probe"] = await run_probe(config, server_url)
     finally:
         if proxy is not None:
             proxy.stop()
