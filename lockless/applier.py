@@ -243,7 +243,9 @@ class EventApplier:
         for bad in listing.malformed:
             self._metrics.inc("events_malformed")
             log.error("%s: relist of %s skipped a record: %s", self.instance, pool, bad)
-        self.l1.replace_pool(pool, listing.nodes, time.monotonic(), reset=reset or epoch_changed)
+        self.l1.replace_pool(
+            pool, listing.nodes, time.monotonic(), reset=reset or epoch_changed, seq=listing.seq
+        )
         self.sequencer.synced(pool, listing.seq, listing.epoch)
         self._behind.pop(pool, None)
         self._heard()

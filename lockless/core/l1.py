@@ -12,7 +12,8 @@ Versions never go backwards (monotonic reads, DESIGN.md section 5). :meth:`apply
 replaces a snapshot only with a newer version. A removal leaves a *tombstone* (the
 removal's version) so that a stale record read from Redis, or a late event, cannot
 resurrect a removed node; a later re-registration carries a higher version and wins.
-Tombstones are dropped when a relist makes the whole pool authoritative again.
+Tombstones are dropped when a relist makes the whole pool authoritative again (all but
+those newer than the listing).
 
 An admitted ``job_start`` is reflected at once ("assumed", DESIGN.md section 6): the
 snapshot with the returned version and job count replaces the cached one. It is an exact
@@ -200,22 +201,43 @@ class L1Store:
             index.negative[node_id] = self._expiry(now, self.negative_ttl_s)
 
     def replace_pool(
-        self, pool: str, nodes: Iterable[NodeSnapshot], now: float, *, reset: bool = False
+        self,
+        pool: str,
+        nodes: Iterable[NodeSnapshot],
+        now: float,
+        *,
+        reset: bool = False,
+        seq: int | None = None,
     ) -> None:
-        """Install a relist of ``pool``: it becomes exactly ``nodes``.
+        """Install a relist of ``pool`` read at ``seq``: it becomes exactly ``nodes``, except
+        for what L1 learned after the listing was read.
 
-        Cached snapshots newer than the relisted ones are kept (the relist read them
-        before an event we already applied), unless ``reset`` is set: after an epoch
-        change versions restarted, and the old ones mean nothing.
+        The instance's own writes (an assumed admission, a removal, an L2 fill) can land
+        while a relist is in flight, so a cached snapshot newer than the listed one is kept,
+        a listed node with a newer tombstone stays removed, and (given ``seq``) a cached node
+        or tombstone newer than ``seq`` survives. With ``reset`` (after an epoch change,
+        versions restarted and the old ones mean nothing) the listing is installed as it is.
         """
         old = self.pools.get(pool) or PoolIndex()
         fresh = PoolIndex()
         for node in nodes:
+            if not reset and old.tombstones.get(node.node_id, 0) > node.version:
+                fresh.tombstones[node.node_id] = old.tombstones[node.node_id]
+                continue  # removed after the listing was read
             keep = None if reset else old.nodes.get(node.node_id)
             chosen = keep if keep is not None and keep.version > node.version else node
             fresh.put(chosen, self._expiry(now, self.entry_ttl_s))
             if chosen is keep and node.node_id in old.assumed:
                 fresh.assumed.add(node.node_id)
+        if not reset and seq is not None:
+            for node_id, version in old.tombstones.items():
+                if version > seq and node_id not in fresh.nodes:
+                    fresh.tombstones[node_id] = version
+            for node_id, node in old.nodes.items():
+                if node.version > seq and node_id not in fresh.nodes and node_id not in fresh.tombstones:
+                    fresh.put(node, old.expiry.get(node_id, self._expiry(now, self.entry_ttl_s)))
+                    if node_id in old.assumed:
+                        fresh.assumed.add(node_id)
         self.pools[pool] = fresh
 
     def clear_negative(self, pool: str) -> None:

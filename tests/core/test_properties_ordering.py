@@ -90,32 +90,24 @@ def index_consistent(index: PoolIndex) -> None:
     assert index.assumed <= set(index.nodes)
 
 
-#: ``replace_pool`` is not told the seq its listing was read at: a relist read before a
-#: removal (or a creation) that L1 already applied brings the removed node back (or drops
-#: the new one), and after a relist, with every tombstone dropped, any older snapshot
-#: applied revives a removed node
-#: (``test_a_relist_read_before_a_removal_does_not_resurrect_the_node``). While that bug
-#: stands, the interleavings below never relist older than what L1 knows, nor tell L1 what
-#: a relist already covered; set False to see it.
-AVOID_RESURRECTION_BUG = True
+# A relist may be read at a point of history older than what L1 already knows (the
+# instance's own writes land while it is in flight); events a relist covered are not told
+# afterwards, as the registry's sequencer ignores them.
 
 
 class Told:
-    """Where the relists told so far read the pool (for the bug avoidance below)."""
+    """Where the relists told so far read the pool."""
 
     relisted_at = 0
 
 
 def tell(l1: L1Store, history: History, what: str, at: int, now: float, told: Told) -> None:
     if what == "relist":
-        if AVOID_RESURRECTION_BUG:
-            index = l1.pool("p")
-            known = [*index.tombstones.values(), *(n.version for n in index.nodes.values())]
-            at = max([at, told.relisted_at, *known])
-            told.relisted_at = max(told.relisted_at, at)
-        l1.replace_pool("p", history.states[at].values(), now)
+        # Relists run one after another in the applier task, each reading a later seq.
+        at = told.relisted_at = max(told.relisted_at, at)
+        l1.replace_pool("p", history.states[at].values(), now, seq=at)
         return
-    if at == 0 or (AVOID_RESURRECTION_BUG and at <= told.relisted_at):
+    if at == 0 or at <= told.relisted_at:
         return  # in the registry the sequencer ignores events a relist covered
     node_id, kind = history.mutations[at]
     if kind == "remove":
@@ -150,9 +142,6 @@ def test_what_l1_shows_of_a_node_never_moves_back_in_history(history: History, p
             known[node_id] = max(known.get(node_id, 0), l1.version_of("p", node_id))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: replace_pool resurrects a node removed after the listing was read"
-)
 def test_a_relist_read_before_a_removal_does_not_resurrect_the_node() -> None:
     """A relist listing a node at v1, installed after L1 applied its removal at v2, revives it.
 
