@@ -96,9 +96,7 @@ async def server_stats(url: str) -> tuple[str, dict[str, int]]:
         await client.aclose()
 
 
-def phase_commands(
-    before: tuple[str, dict[str, int]], after: tuple[str, dict[str, int]]
-) -> dict[str, Any]:
+def phase_commands(before: tuple[str, dict[str, int]], after: tuple[str, dict[str, int]]) -> dict[str, Any]:
     """What the server executed between two :func:`server_stats` snapshots (admin commands left out).
 
     A server restarted in between (a ``restart_empty`` fault) starts its counts again:

@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,33 @@ def proxy(fault_server: RedisServer) -> Iterator[FaultProxy]:
     """A FaultProxy in front of ``fault_server``; clients use ``proxy.url``."""
     with FaultProxy(fault_server.host, fault_server.port) as fault_proxy:
         yield fault_proxy
+
+
+@pytest.fixture(scope="session")
+def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One result folder of ``experiments/smoke.toml`` shortened to 5 s per architecture.
+
+    Shared by the budget and notebook tests (about 30 s to produce, once per session). It
+    runs on a server of its own: the smoke plan kills pub/sub connections, which would
+    disturb other tests on the session server. Returns the results root; the run is at
+    ``<root>/smoke/<run-id>/``.
+    """
+    import asyncio
+    import dataclasses
+
+    from sim.config import load_toml
+    from sim.report import write_run
+    from sim.runner import run_async
+
+    config = load_toml(Path(__file__).parent.parent / "experiments" / "smoke.toml")
+    # 5 s keeps the pub/sub kill (at 4 s) and the warm-up, and the run CI-fast.
+    config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, duration_s=5.0))
+    root = tmp_path_factory.mktemp("smoke-results")
+    server = RedisServer()
+    server.start()
+    try:
+        outcome = asyncio.run(run_async(config, server=server))
+    finally:
+        server.cleanup()
+    write_run(outcome, root)
+    return root
