@@ -8,7 +8,7 @@ import pytest
 
 from lockless.config import RedisConfig, RegistryConfig
 from lockless.core.snapshot import NodeSpec, Requirements
-from lockless.errors import ConfigError
+from lockless.errors import ConfigError, UnknownPool
 from lockless.protocol import Heartbeat, Registry
 from sim.architectures import LockedRegistry, build
 
@@ -65,7 +65,7 @@ async def test_heartbeat_many_recreates_unknown_nodes(registry: Registry) -> Non
 
 
 async def test_unknown_pool_is_refused(registry: Registry) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(UnknownPool, match="unknown pool 'other'"):
         await registry.get_node("other", "n1")
 
 
