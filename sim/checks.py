@@ -135,7 +135,7 @@ async def converge(
     timeout_s: float,
 ) -> None:
     """Wait for every cache to equal Redis; record the time it took, or violations at the deadline."""
-    caches = {k: r for k, r in registries.items() if hasattr(r, "cached_nodes")}
+    caches = {k: r for k, r in registries.items() if hasattr(r, "cached_nodes") or hasattr(r, "cached_keys")}
     if not caches:
         return
     began = bridge.now()
@@ -149,7 +149,7 @@ async def converge(
         if truth is not None:
             for k, reg in caches.items():
                 for pool in pools:
-                    mine = {i: _key(n) for i, n in reg.cached_nodes(pool).items()}
+                    mine = await _cached_keys(reg, pool)
                     bad = sorted(
                         i for i in truth[pool].keys() | mine.keys() if truth[pool].get(i) != mine.get(i)
                     )
@@ -168,3 +168,11 @@ async def converge(
                 rec.violation(bridge.now(), "divergence", diff)
             return
         await asyncio.sleep(0.05)  # poll; the deadline above bounds the wait
+
+
+async def _cached_keys(registry: Registry, pool: str) -> dict[str, tuple[int, str, int, int]]:
+    """The convergence keys of a cache: read here, or asked of a scheduler process (sim.remote)."""
+    remote = getattr(registry, "cached_keys", None)
+    if remote is not None:
+        return await remote(pool)
+    return {i: _key(n) for i, n in registry.cached_nodes(pool).items()}  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ from lockless.errors import ConfigError
 ARCHITECTURES = ("lockless", "locked", "direct")
 DURATIONS = ("exponential", "fixed", "lognormal")
 JOB_APIS = ("select_and_start", "place_job")
+HEARTBEAT_PATHS = ("scheduler", "harness")
 #: Faults on the server process (need the embedded server) and on the link (need the proxy).
 SERVER_FAULTS = ("stop", "restart_empty", "pause", "kill_pubsub")
 LINK_FAULTS = ("latency", "blackhole", "cut", "refuse")
@@ -106,6 +107,22 @@ class HarnessSection:
     """Most heartbeats in one pipelined ``heartbeat_many``."""
     workers: int = 1
     """Worker processes, each driving a shard of nodes and instances (>1: scale-out)."""
+    heartbeats_via: str = "scheduler"
+    """Who writes node heartbeats to Redis. ``scheduler``: each tick's batch is a
+    ``heartbeat_many`` call on the node's scheduler instance (under ``locked`` it takes the
+    lock like every write). ``harness``: the harness writes them itself, as node agents do,
+    with the library's store (same Lua script, same pipelining); instances see them only
+    through Redis. Heartbeats are then the same Redis traffic for every architecture."""
+    scheduler_processes: bool = False
+    """Run each scheduler instance (the registry under test) in a process of its own, apart
+    from the harness process that replays the plan and drives the heartbeats (``sim.remote``):
+    the lag bound then measures the harness alone, and the scheduler's CPU shows up as its
+    latency. Latencies then include two local socket hops (reported as ``ipc``)."""
+    scheduler_nice: int = 0
+    """Niceness added to the scheduler processes (0-19; only with ``scheduler_processes``).
+    On a machine with fewer cores than busy processes, a CPU-bound scheduler (a ``locked``
+    selection parsing 10,000 records) would otherwise preempt the harness and invalidate the
+    run; niced, it waits for CPU instead, and that wait counts in its own latency."""
     quiet_s: float = 1.0
     """After the plan ends, in-flight operations get this long before the convergence check."""
     convergence_s: float = 10.0
@@ -124,6 +141,18 @@ class HarnessSection:
         _num("harness.max_lag_p99_ms", self.max_lag_p99_ms, strict=True)
         _int("harness.max_batch", self.max_batch, 1)
         _int("harness.workers", self.workers, 1)
+        if self.heartbeats_via not in HEARTBEAT_PATHS:
+            raise ConfigError("harness.heartbeats_via", self.heartbeats_via, " | ".join(HEARTBEAT_PATHS))
+        if not isinstance(self.scheduler_processes, bool):
+            raise ConfigError("harness.scheduler_processes", self.scheduler_processes, "true | false")
+        if not isinstance(self.scheduler_nice, int) or not 0 <= self.scheduler_nice <= 19:
+            raise ConfigError("harness.scheduler_nice", self.scheduler_nice, "an integer 0..19")
+        if self.scheduler_processes and self.workers > 1:
+            raise ConfigError(
+                "harness.scheduler_processes",
+                self.scheduler_processes,
+                "false when harness.workers > 1 (workers run their instances in their own loop)",
+            )
         for name in ("quiet_s", "convergence_s", "invalidation_deadline_s"):
             _num(f"harness.{name}", getattr(self, name))
         for name in ("check_interval_s", "monitor_interval_s"):

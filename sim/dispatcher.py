@@ -9,6 +9,10 @@ lag and counts in their latency; other operations are not held for a tick.
 Nothing waits for an answer before the next operation is sent (open loop), so a slow
 registry shows as latency, never as a lighter load.
 
+With ``harness.heartbeats_via = "harness"`` the heartbeats bypass the instances: the
+harness writes them to Redis with its own store, one pipeline per tick, as node agents
+would; the instances then carry only the scheduling traffic.
+
 Outcome-driven follow-ups are the dispatcher's: a job admitted on a node finishes on
 that node at ``admission done + duration`` (scaled), through the instance that placed it.
 
@@ -24,10 +28,10 @@ import heapq
 import itertools
 import math
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
-from lockless.protocol import Heartbeat, Registry
+from lockless.protocol import Heartbeat, HeartbeatResult, Registry
 from sim.bridge import Bridge
 from sim.config import ExperimentConfig
 from sim.model.plan import Cluster, Kind, Op, Planner
@@ -39,6 +43,12 @@ LOOKAHEAD_S = 0.2
 PLAN_STEP_S = 0.02
 
 FaultHandler = Callable[[Op, float], Awaitable[None]]
+
+
+class HeartbeatSink(Protocol):
+    """Anything with the ``heartbeat_many`` of ``Registry`` (a registry, or a bare ``RedisStore``)."""
+
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]: ...
 
 
 class NodeTracker:
@@ -86,8 +96,12 @@ class Dispatcher:
         bridge: Bridge,
         recorder: Recorder,
         on_fault: FaultHandler | None = None,
+        heartbeat_sink: HeartbeatSink | None = None,
     ) -> None:
+        """``heartbeat_sink``: where heartbeats go instead of the nodes' instances
+        (``harness.heartbeats_via = "harness"``: the harness's own store)."""
         self.config = config
+        self.heartbeat_sink = heartbeat_sink
         self.planner = planner
         self.cluster: Cluster = planner.cluster
         self.registries = registries
@@ -150,9 +164,11 @@ class Dispatcher:
                     self._spawn(self._job_finish(intended, *args))
             if beats and bridge.real(beats[0].t) <= now:
                 due: dict[int, list[Op]] = defaultdict(list)
+                # One pipeline per instance, or one for all when the harness writes them itself.
+                by_instance = self.heartbeat_sink is None
                 while beats and bridge.real(beats[0].t) <= now:
                     op = beats.popleft()
-                    due[op.instance].append(op)
+                    due[op.instance if by_instance else -1].append(op)
                 batch = self.config.harness.max_batch
                 for instance, ops in due.items():
                     for i in range(0, len(ops), batch):
@@ -202,7 +218,7 @@ class Dispatcher:
                 self._loads[op.idx] = op.value
             beats.append(Heartbeat(pool=spec.pool, node_id=spec.node_id, load=self._loads.get(op.idx, 0.0)))
         intended = [self.bridge.real(op.t) for op in ops]
-        registry = self.registries[instance]
+        registry = self.heartbeat_sink or self.registries[instance]
         sent = self.bridge.now()
         error: BaseException | None = None
         try:

@@ -26,8 +26,9 @@ from lockless.metrics import new_histogram
 
 #: Operations timed per architecture (``place`` is the registry's own place_job).
 OPS = ("select", "get", "heartbeat", "register", "remove", "job_start", "job_finish", "place")
-#: Other distributions kept per architecture (all microseconds).
-EXTRA = ("lag", "loop_lag", "staleness", "propagation")
+#: Other distributions kept per architecture (all microseconds); ``ipc`` is the socket
+#: round trip's share of a call when schedulers run in their own processes (sim.remote).
+EXTRA = ("lag", "loop_lag", "staleness", "propagation", "ipc")
 
 _LOG_STEP = math.log(1.1)
 

@@ -145,8 +145,13 @@ def write_run(outcome: RunOutcome, out_root: Path, *, now: dt.datetime | None = 
         "git_commit": commit,
         "config_hash": chash,
         "created_utc": stamp,
-        "machine": machine(outcome.machine.get("redis_version", "?")),
+        "machine": {
+            **machine(outcome.machine.get("redis_version", "?")),
+            "loadavg_start": outcome.machine.get("loadavg_start"),
+            "loadavg_end": outcome.machine.get("loadavg_end"),
+        },
         "architecture_order": "sequential (one seeded plan replayed per architecture, Redis flushed between)",
+        "placement": placement(config),
         "max_lag_p99_ms": bound,
         "nodes": config.nodes.count,
         "architectures": archs,
@@ -167,6 +172,34 @@ def write_run(outcome: RunOutcome, out_root: Path, *, now: dt.datetime | None = 
     plots.over_time(folder / "latency_over_time.png", outcome.recorders)
     (folder / "report.md").write_text(report_md(summary))
     return folder
+
+
+def placement(config: Any) -> str:
+    """What ran where: the harness, the scheduler instances under test, Redis."""
+    h, n = config.harness, config.schedulers.instances
+    beats = (
+        "; node heartbeats written to Redis by the harness itself (as node agents), not through the instances"
+        if h.heartbeats_via == "harness"
+        else "; node heartbeats sent through the nodes' scheduler instances"
+    )
+    return _where(h, n) + beats
+
+
+def _where(h: Any, n: int) -> str:
+    if h.scheduler_processes:
+        return (
+            f"harness (plan replay, heartbeat driver, checks) in one process; each of the {n} "
+            "scheduler instances (the registry under test) in a process of its own, called over a "
+            "Unix socket; latency is timed in the harness from intended start to reply, so it "
+            "includes the scheduler's CPU and queueing and two socket hops (ipc)"
+            + (f"; scheduler processes at nice +{h.scheduler_nice}" if h.scheduler_nice else "")
+        )
+    if h.workers > 1:
+        return (
+            f"{h.workers} worker processes, each replaying its shard of nodes and running its "
+            "scheduler instances on the same event loop; the parent bootstraps, injects faults, merges"
+        )
+    return f"one process: the harness and all {n} scheduler instances share one event loop"
 
 
 def ratios(archs: dict[str, Any]) -> dict[str, Any]:
@@ -250,20 +283,28 @@ def report_md(summary: dict[str, Any]) -> str:
         "",
         f"- commit `{summary['git_commit']}`, config `{summary['config_hash']}`, {summary['created_utc']}",
         f"- machine: {m['hostname']}, {m['cpu_model']}, {m['cores']} cores, Python {m['python']}, "
-        f"Redis {m['redis_version']}",
+        f"Redis {m['redis_version']}; load average (1/5/15 min) {m.get('loadavg_start')} at start, "
+        f"{m.get('loadavg_end')} at end (a shared machine's other work competes for the same cores)",
         f"- {summary['nodes']:,} nodes; architectures run {summary['architecture_order']}",
+        f"- where: {summary.get('placement', 'one process')}",
         "",
         "## Validity",
         "",
-        "| arch | harness lag P99 (ms) | harness CPU % | redis CPU % | valid |",
-        "|---|---|---|---|---|",
+        "CPU in % of one core over the phase; scheduler CPU is the sum over the scheduler processes "
+        "('-' when they share the harness process).",
+        "",
+        "| arch | harness lag P99 (ms) | harness CPU % | scheduler CPU % | redis CPU % "
+        "| ipc P50/P99 (ms) | valid |",
+        "|---|---|---|---|---|---|---|",
     ]
     for arch, a in summary["architectures"].items():
         c = a["counters"]
         valid = "yes" if a["valid"] else f"**INVALID**: {a['invalid_reason']}"
+        ipc = a["distributions"].get("ipc")
+        ipc_ms = f"{_ms(ipc['p50_us'])} / {_ms(ipc['p99_us'])}" if ipc else "-"
         lines.append(
             f"| {arch} | {a['lag_p99_ms']:.2f} | {c.get('harness_cpu_pct', '?')} | "
-            f"{c.get('redis_cpu_pct', '?')} | {valid} |"
+            f"{c.get('scheduler_cpu_pct', '-')} | {c.get('redis_cpu_pct', '?')} | {ipc_ms} | {valid} |"
         )
     lines += [
         "",

@@ -16,6 +16,11 @@ A phase (one architecture):
 4. after the plan: in-flight operations get ``quiet_s``, then caches must converge;
 5. the registries' own metrics (propagation delay, counters) are merged in.
 
+Two settings move work out of the harness's event loop (see experiments/README.md):
+``harness.scheduler_processes`` runs every scheduler instance in a process of its own
+(``sim.remote``), and ``harness.heartbeats_via = "harness"`` has the harness write node
+heartbeats to Redis itself instead of through the instances.
+
 With ``harness.workers`` > 1, steps 2-5 run in worker processes (spawned), each on its
 shard of nodes and instances, pinned to one wall-clock start; the parent bootstraps,
 injects the faults, runs the capacity check, and merges the workers' recorders
@@ -29,6 +34,7 @@ import contextlib
 import dataclasses
 import gc
 import multiprocessing
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +57,7 @@ from sim.probe import phase_commands, run_probe, server_stats
 from sim.proxy import FaultProxy
 from sim.recorder import Recorder
 from sim.redis_server import RedisServer
+from sim.remote import SchedulerProcesses
 
 #: Progress callback: (architecture, elapsed simulated s, duration s, ops sent, lag P99 ms).
 Progress = Callable[[str, float, float, int, float], None]
@@ -120,20 +127,43 @@ async def shard_phase(
     planner = Planner(config, shard=shard, shards=shards, faults=owns_faults)
     if shards == 1:
         await bootstrap(checker, planner.cluster)
-    registries: dict[int, Registry] = {
-        k: build(arch, registry_config(config, target, k), instance=f"{arch}-{k}")
-        for k in planner.cluster.instances
-    }
+    schedulers: SchedulerProcesses | None = None
+    registries: dict[int, Registry] = {}
+    agents: RedisStore | None = None
+    if harness.heartbeats_via == "harness":
+        # The node agents' own client: straight to the server (a link fault is the schedulers' link).
+        agents = RedisStore(
+            dataclasses.replace(config.registry.redis, url=target.checker_url, namespace=target.namespace),
+            config.registry.nodes,
+        )
     monitors: list[asyncio.Task[Any]] = []
     rec: Recorder | None = None
     try:
+        if harness.scheduler_processes:
+            # The system under test in processes of its own: see sim/remote.py.
+            schedulers = SchedulerProcesses(
+                arch,
+                {k: registry_config(config, target, k) for k in planner.cluster.instances},
+                nice=harness.scheduler_nice,
+            )
+            registries = dict(await schedulers.start())
+        else:
+            registries = {
+                k: build(arch, registry_config(config, target, k), instance=f"{arch}-{k}")
+                for k in planner.cluster.instances
+            }
         await asyncio.gather(*(r.start() for r in registries.values()))
+        if agents is not None:
+            await agents.load_scripts()
         # Everything built so far lives for the whole phase: move it out of the collector's
         # reach, so a full collection does not walk 100,000 nodes' worth of objects mid-run.
         gc.collect()
         gc.freeze()
         t0 = bridge.begin(bridge.now() + 0.05) if start_wall is None else bridge.begin_at_wall(start_wall)
         rec = Recorder(arch, t0=t0, warmup_s=config.experiment.warmup_s * harness.time_scale)
+        if schedulers is not None:
+            for remote in schedulers.registries.values():
+                remote.on_ipc = _ipc_recorder(rec, bridge)
         injector = None
         if owns_faults and config.faults:
             injector = FaultInjector(
@@ -146,6 +176,7 @@ async def shard_phase(
             bridge=bridge,
             recorder=rec,
             on_fault=injector,
+            heartbeat_sink=agents,
         )
         modes = ModeWatch(registries, rec, bridge)
         monitors = [
@@ -164,6 +195,8 @@ async def shard_phase(
         me, cpu0, wall0 = psutil.Process(), psutil.Process().cpu_times(), bridge.now()
         redis_proc = _process(server)
         redis_cpu0 = _cpu(redis_proc)
+        if schedulers is not None:
+            schedulers.cpu_mark()
         rec.event(t0, "phase_start", arch)
         await dispatcher.run()
         rec.event(bridge.now(), "plan_end", arch)
@@ -184,10 +217,15 @@ async def shard_phase(
         )
         if redis_proc is not None:
             rec.counters["redis_cpu_pct"] = round(100 * (_cpu(redis_proc) - redis_cpu0) / wall)
+        if schedulers is not None:
+            used = schedulers.cpu_seconds()
+            # Sum over the scheduler processes, in % of one core (like the other CPU figures).
+            rec.counters["scheduler_cpu_pct"] = round(100 * sum(used.values()) / wall)
+            rec.counters["scheduler_processes"] = len(used)
         for reg in registries.values():
-            snap = reg.metrics()
-            rec.add_encoded("propagation", snap.encoded.get("propagation_us", b""))
-            for name, value in snap.counters.items():
+            encoded, counters = await _registry_metrics(reg)
+            rec.add_encoded("propagation", encoded.get("propagation_us", b""))
+            for name, value in counters.items():
                 if value:
                     rec.count(f"registry.{name}", value)
         rec.event(bridge.now(), "phase_end", arch)
@@ -200,7 +238,28 @@ async def shard_phase(
         if rec is not None:
             rec.count("close_timeouts", sum(1 for ok in closed if ok is not True))
         await checker.close()
+        if agents is not None:
+            await agents.close()
+        if schedulers is not None:
+            await schedulers.stop()
         gc.unfreeze()
+
+
+def _ipc_recorder(rec: Recorder, bridge: Bridge) -> Callable[[float], None]:
+    def record(overhead_s: float) -> None:
+        if bridge.now() >= rec.record_from:
+            rec.observe("ipc", overhead_s * 1e6)
+
+    return record
+
+
+async def _registry_metrics(registry: Registry) -> tuple[Any, Any]:
+    """A registry's encoded histograms and counters, in this process or from its own."""
+    fetch = getattr(registry, "fetch_metrics", None)
+    if fetch is not None:
+        return await fetch()
+    snap = registry.metrics()
+    return snap.encoded, snap.counters
 
 
 async def _close(registry: Registry, timeout_s: float = 5.0) -> bool:
@@ -365,6 +424,8 @@ async def run_async(
             proxy = FaultProxy(host, port)
             proxy.start()
         outcome.machine["redis_version"] = server.version if server else await _server_version(server_url)
+        # The machine may be shared: what else was running is part of the result.
+        outcome.machine["loadavg_start"] = _loadavg()
         token = uuid.uuid4().hex[:6]
         for arch in config.experiment.architectures:
             target = Target(
@@ -386,6 +447,7 @@ async def run_async(
         # Every architecture side by side on a quiet pool: commands per operation, and
         # interleaved latencies with a raw PING as the round-trip yardstick (sim/probe.py).
         outcome.phases["probe"] = await run_probe(config, server_url)
+        outcome.machine["loadavg_end"] = _loadavg()
     finally:
         if proxy is not None:
             proxy.stop()
@@ -417,6 +479,12 @@ async def _server_version(url: str) -> str:
         return str((await client.info("server")).get("redis_version", "?"))
     finally:
         await client.aclose()
+
+
+def _loadavg() -> list[float]:
+    with contextlib.suppress(OSError):
+        return [round(x, 2) for x in os.getloadavg()]
+    return []
 
 
 def _host_port(url: str) -> tuple[str, int]:
