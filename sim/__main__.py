@@ -154,6 +154,7 @@ def check(
     for attempt in range(attempts):
         if target.suffix == ".toml" and target.is_file():
             runs = [_run_experiment(target, redis_url=redis_url, out=out, duration=None, quiet=quiet)]
+            click.echo(f"run {attempt + 1}: {runs[0]}")
         else:
             runs = find_runs(target) if target.is_dir() else []
             if not runs:
