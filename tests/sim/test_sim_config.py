@@ -62,7 +62,11 @@ def test_bad_toml_file_is_a_config_error(tmp_path: Path) -> None:
         load_toml(path)
 
 
-@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.toml")), ids=lambda p: p.stem)
+# budgets.toml sits beside the experiments but is not one (sim/budgets.py reads it).
+SHIPPED = sorted(p for p in EXPERIMENTS.glob("*.toml") if p.name != "budgets.toml")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_experiments_load_and_spell_out_every_section(path: Path) -> None:
     config = load_toml(path)
     assert config.experiment.name == path.stem
