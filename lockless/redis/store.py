@@ -34,6 +34,7 @@ from lockless.metrics import Metrics
 from lockless.protocol import Admission, Heartbeat, HeartbeatResult
 from lockless.redis import scripts
 from lockless.redis.keys import KeySpace
+from lockless.redis.packing import with_c_packing
 
 T = TypeVar("T")
 
@@ -105,6 +106,8 @@ class RedisStore:
         }
         kwargs.update(overrides)
         pool = aioredis.BlockingConnectionPool.from_url(cfg.url, **kwargs)
+        # (from_url chose the class for the scheme: TCP, TLS or unix socket.)
+        pool.connection_class = with_c_packing(pool.connection_class)
         return aioredis.Redis(connection_pool=pool)
 
     async def close(self) -> None:
