@@ -4,14 +4,17 @@ Run: ``python -m tests.bench.invalidation_bench [--nodes 10000] [--rate 2000] [-
 
 One run, on the embedded redis-server:
 
-1. ``--nodes`` nodes in 10 pools; 3 ``LocklessRegistry`` instances subscribed to all.
+1. ``--nodes`` nodes in 10 pools; ``--instances`` (3) ``LocklessRegistry`` instances
+   subscribed to all, each in a process of its own as in a deployment.
 2. A writer in a separate process sends ``--rate`` changing heartbeats per second, open
    loop, for ``--seconds``; each is a versioned event. Reported: event propagation delay
    (Redis ``TIME`` at the write to applied in each instance's L1), P50/P99 per instance.
    Redis ``TIME`` is stamped in whole milliseconds, so delays carry up to 1 ms of rounding.
-3. While readers call ``get_node`` on random nodes, the server is stopped, then started
-   again (data kept): reported are the time from stop to LOCAL_ONLY, from start to
-   NORMAL, the share of reads answered, and read P99 in NORMAL vs during the outage.
+3. While every instance calls ``get_node`` on random nodes, the server is stopped, then
+   started again (data kept): reported are the time from stop to LOCAL_ONLY (slowest
+   instance), from start to NORMAL, the share of reads answered, and read P50/P99 by the
+   mode the instance was in (NORMAL; LOCAL_ONLY = the outage; L2_ONLY = recovery, where
+   each read is checked against Redis by design).
 
 Results are printed and written to ``results/bench/invalidation-<utc>-<git8>.json``.
 """
@@ -25,11 +28,13 @@ import logging
 import multiprocessing as mp
 import os
 import platform
+import queue
 import random
 import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
@@ -92,11 +97,69 @@ def _writer(url: str, ns: str, nodes: int, rate: int, seconds: float) -> None:
     asyncio.run(run())
 
 
-async def bench(nodes: int, rate: int, seconds: float) -> dict[str, object]:
+def _instance(name: str, url: str, ns: str, nodes: int, control: Any, results: Any) -> None:
+    """One scheduler instance in a process of its own, as in a deployment.
+
+    Reports ``("mode", name, mode, monotonic)`` on every mode change (CLOCK_MONOTONIC is
+    system-wide, so the parent can subtract its own stop/start times), and at the end
+    ``("done", name, payload)`` with the encoded propagation histogram and every read.
+    """
+
+    async def run() -> None:
+        cfg = RegistryConfig(pools=POOLS, redis=RedisConfig(url=url, namespace=ns))
+        registry = LocklessRegistry(cfg, instance=name)
+        await registry.start()
+        loop = asyncio.get_running_loop()
+        reads: list[tuple[str, int, bool]] = []
+        reading = asyncio.Event()
+        stop = asyncio.Event()
+
+        async def watch_mode() -> None:
+            seen = registry.mode
+            while not stop.is_set():
+                if registry.mode is not seen:
+                    seen = registry.mode
+                    results.put(("mode", name, seen.value, time.monotonic()))
+                await asyncio.sleep(0.0005)
+
+        async def read() -> None:
+            rng = random.Random(name)
+            await reading.wait()
+            while not stop.is_set():
+                i = rng.randrange(nodes)
+                mode = registry.mode.value
+                t0 = time.perf_counter_ns()
+                try:
+                    ok = await registry.get_node(POOLS[i % len(POOLS)], f"n{i}") is not None
+                except Exception:
+                    ok = False
+                reads.append((mode, (time.perf_counter_ns() - t0) // 1000, ok))
+                await asyncio.sleep(0.001)
+
+        tasks = [asyncio.create_task(watch_mode()), asyncio.create_task(read())]
+        results.put(("ready", name, None))
+        while True:
+            command = await loop.run_in_executor(None, control.get)
+            if command == "read":
+                reading.set()
+            elif command == "stop":
+                break
+        stop.set()
+        reading.set()
+        await asyncio.gather(*tasks)
+        metrics = registry.metrics()
+        await registry.close()
+        results.put(("done", name, {"propagation": metrics.encoded.get("propagation_us"), "reads": reads}))
+
+    logging.basicConfig(level=logging.ERROR)
+    asyncio.run(run())
+
+
+async def bench(nodes: int, rate: int, seconds: float, instances: int = 3) -> dict[str, object]:
     server = RedisServer()
     server.start()
     ns = "bench"
-    cfg = RegistryConfig(pools=POOLS, redis=RedisConfig(url=server.url, namespace=ns, max_connections=32))
+    cfg = RegistryConfig(pools=POOLS, redis=RedisConfig(url=server.url, namespace=ns))
     store = RedisStore(cfg.redis)
     for start in range(0, nodes, 1000):
         specs = [
@@ -104,62 +167,97 @@ async def bench(nodes: int, rate: int, seconds: float) -> dict[str, object]:
             for i in range(start, min(nodes, start + 1000))
         ]
         await store.register_many(specs)
-    instances = [LocklessRegistry(cfg, instance=f"i{k}") for k in range(3)]
-    for inst in instances:
-        await inst.start()
-    print(f"{nodes} nodes cached by 3 instances; writing {rate}/s for {seconds} s ...", flush=True)
+    ctx = mp.get_context("spawn")
+    results: Any = ctx.Queue()
+    controls = {f"i{k}": ctx.Queue() for k in range(instances)}
+    procs = [
+        ctx.Process(target=_instance, args=(name, server.url, ns, nodes, q, results))
+        for name, q in controls.items()
+    ]
+    for proc in procs:
+        proc.start()
+    modes: dict[str, list[tuple[str, float]]] = {name: [] for name in controls}
+    done: dict[str, dict[str, Any]] = {}
 
-    writer = mp.get_context("spawn").Process(target=_writer, args=(server.url, ns, nodes, rate, seconds))
+    async def expect(kind: str, mode: str = "", timeout: float = 60.0) -> None:
+        """Consume reports until every instance has sent ``kind`` (for "mode": reached ``mode``)."""
+        deadline = time.monotonic() + timeout
+        reported: set[str] = set()
+        while len(reported) < instances:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"instances did not report {kind} {mode} within {timeout} s")
+            try:
+                msg_kind, name, payload, *at = await asyncio.to_thread(results.get, True, 0.5)
+            except queue.Empty:
+                continue
+            if msg_kind == "mode":
+                modes[name].append((payload, at[0]))
+            elif msg_kind == "done":
+                done[name] = payload
+            if msg_kind == kind and (kind != "mode" or payload == mode):
+                reported.add(name)
+
+    await expect("ready")
+    print(f"{nodes} nodes cached by {instances} instance processes; writing {rate}/s for {seconds} s ...")
+
+    writer = ctx.Process(target=_writer, args=(server.url, ns, nodes, rate, seconds))
     writer.start()
     while writer.is_alive():
         await asyncio.sleep(0.1)
-    propagation = {i.instance: i.metrics().histograms["propagation_us"] for i in instances}
 
-    # Outage: readers keep reading while the server is stopped and started again.
-    phase = {"name": "normal"}
-    hists = {"normal": HdrHistogram(1, 60_000_000, 3), "outage": HdrHistogram(1, 60_000_000, 3)}
-    answered = {"normal": 0, "outage": 0}
-    failed = {"normal": 0, "outage": 0}
-    stop_reading = asyncio.Event()
-
-    async def reader(inst: LocklessRegistry) -> None:
-        rng = random.Random(inst.instance)
-        while not stop_reading.is_set():
-            i = rng.randrange(nodes)
-            t0 = time.perf_counter_ns()
-            try:
-                node = await inst.get_node(POOLS[i % len(POOLS)], f"n{i}")
-                ok = node is not None
-            except Exception:
-                ok = False
-            name = phase["name"]
-            hists[name].record_value(max(1, (time.perf_counter_ns() - t0) // 1000))
-            answered[name] += ok
-            failed[name] += not ok
-            await asyncio.sleep(0.001)
-
-    readers = [asyncio.create_task(reader(i)) for i in instances]
+    # Outage: every instance keeps reading while the server is stopped and started again.
+    for q in controls.values():
+        q.put("read")
     await asyncio.sleep(2.0)
     await store.client.save()
-    phase["name"] = "outage"
     t_stop = time.monotonic()
     await asyncio.to_thread(server.stop)
-    while not all(i.mode is Mode.LOCAL_ONLY for i in instances):
-        await asyncio.sleep(0.001)
-    to_local = time.monotonic() - t_stop
+    await expect("mode", Mode.LOCAL_ONLY.value)
     await asyncio.sleep(2.0)
     t_start = time.monotonic()
     await asyncio.to_thread(server.start)
-    while not all(i.mode is Mode.NORMAL for i in instances):
-        await asyncio.sleep(0.001)
-    to_normal = time.monotonic() - t_start
-    stop_reading.set()
-    await asyncio.gather(*readers)
-    for inst in instances:
-        await inst.close()
+    await expect("mode", Mode.NORMAL.value)
+    await asyncio.sleep(0.5)
+    for q in controls.values():
+        q.put("stop")
+    await expect("done")
+    for proc in procs:
+        proc.join(10)
     await store.close()
     server.cleanup()
 
+    def first(name: str, mode: str, after: float) -> float:
+        return min(at for m, at in modes[name] if m == mode and at >= after)
+
+    to_local = max(first(n, Mode.LOCAL_ONLY.value, t_stop) for n in controls) - t_stop
+    to_normal = max(first(n, Mode.NORMAL.value, t_start) for n in controls) - t_start
+    propagation: dict[str, dict[str, float]] = {}
+    merged = HdrHistogram(1, 60_000_000, 3)
+    # Reads by the mode the instance was in: LOCAL_ONLY is the outage (served from L1),
+    # L2_ONLY the recovery (each read checked against Redis's version: one round trip).
+    phases = [m.value for m in (Mode.NORMAL, Mode.LOCAL_ONLY, Mode.L2_ONLY)]
+    hists = {m: HdrHistogram(1, 60_000_000, 3) for m in phases}
+    answered = dict.fromkeys(phases, 0)
+    failed = dict.fromkeys(phases, 0)
+    for name, payload in sorted(done.items()):
+        h = HdrHistogram.decode(payload["propagation"])
+        merged.add(h)
+        propagation[name] = {
+            "count": h.total_count,
+            "p50": h.get_value_at_percentile(50),
+            "p99": h.get_value_at_percentile(99),
+            "max": h.get_max_value(),
+        }
+        for phase, latency_us, ok in payload["reads"]:
+            hists[phase].record_value(max(1, latency_us))
+            answered[phase] += ok
+            failed[phase] += not ok
+    propagation["all"] = {
+        "count": merged.total_count,
+        "p50": merged.get_value_at_percentile(50),
+        "p99": merged.get_value_at_percentile(99),
+        "max": merged.get_max_value(),
+    }
     cfg_detect = cfg.subscriber.ping_interval_s + cfg.modes.failures_to_local * cfg.redis.socket_timeout_s
     return {
         "machine": machine() | {"redis": server.version},
@@ -168,9 +266,8 @@ async def bench(nodes: int, rate: int, seconds: float) -> dict[str, object]:
         "nodes": nodes,
         "write_rate": rate,
         "seconds": seconds,
-        "propagation_us": {
-            k: {"count": h.count, "p50": h.p50, "p99": h.p99, "max": h.max} for k, h in propagation.items()
-        },
+        "instances": f"{instances}, each in a process of its own",
+        "propagation_us": propagation,
         "stop_to_local_only_s": round(to_local, 3),
         "start_to_normal_s": round(to_normal, 3),
         "configured_detection_s": cfg_detect,
@@ -191,10 +288,11 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    result = asyncio.run(bench(args.nodes, args.rate, args.seconds))
+    result = asyncio.run(bench(args.nodes, args.rate, args.seconds, args.instances))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"invalidation-{result['utc']}-{result['commit']}.json"
     path.write_text(json.dumps(result, indent=2))
