@@ -26,11 +26,8 @@ import asyncio
 import json
 import logging
 import multiprocessing as mp
-import os
-import platform
 import queue
 import random
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,29 +42,10 @@ from lockless.protocol import Heartbeat
 from lockless.redis.store import RedisStore
 from lockless.registry import LocklessRegistry
 from sim.redis_server import RedisServer
+from sim.report import git_commit
+from tests.bench.bench_library import machine
 
 POOLS = tuple(f"pool{i}" for i in range(10))
-
-
-def machine() -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _writer(url: str, ns: str, nodes: int, rate: int, seconds: float) -> None:
@@ -260,7 +238,7 @@ async def bench(nodes: int, rate: int, seconds: float, instances: int = 3) -> di
     }
     cfg_detect = cfg.subscriber.ping_interval_s + cfg.modes.failures_to_local * cfg.redis.socket_timeout_s
     return {
-        "machine": machine() | {"redis": server.version},
+        "machine": machine(server.version),
         "commit": git_commit(),
         "utc": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
         "nodes": nodes,
@@ -294,7 +272,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     result = asyncio.run(bench(args.nodes, args.rate, args.seconds, args.instances))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"invalidation-{result['utc']}-{result['commit']}.json"
+    path = args.out / f"invalidation-{result['utc']}-{str(result['commit'])[:8]}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(f"written to {path}")
