@@ -356,6 +356,9 @@ async def _parent_phase(
             p.start()
         t0 = bridge.begin_at_wall(start_wall)
         rec = Recorder(arch, t0=t0, warmup_s=config.experiment.warmup_s * harness.time_scale)
+        redis_proc = _process(server)
+        await asyncio.sleep(max(0.0, t0 - bridge.now()))  # CPU is counted from the workers' start
+        redis_cpu0, wall0 = _cpu(redis_proc), bridge.now()
         planner = Planner(config, shard=0, shards=1, nodes=False, jobs=False)
         injector = FaultInjector(config.faults, server=server, proxy=proxy, recorders=[rec], clock=bridge.now)
         dispatcher = Dispatcher(
@@ -363,6 +366,9 @@ async def _parent_phase(
         )
         await dispatcher.run()
         await dispatcher.drain(30.0)
+        if redis_proc is not None:
+            used = _cpu(redis_proc) - redis_cpu0
+            rec.counters["redis_cpu_pct"] = round(100 * used / (bridge.now() - wall0))
         errors = []
         for _ in procs:
             shard, data, error = await asyncio.to_thread(results.get)
