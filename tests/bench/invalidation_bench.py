@@ -54,6 +54,7 @@ def _writer(url: str, ns: str, nodes: int, rate: int, seconds: float) -> None:
     async def run() -> None:
         store = RedisStore(RedisConfig(url=url, namespace=ns))
         rng = random.Random(7)
+        loads = [0.0] * nodes  # registered at load 0; every beat moves it, so every beat is an event
         start = time.monotonic()
         sent = 0
         while (now := time.monotonic() - start) < seconds:
@@ -62,11 +63,8 @@ def _writer(url: str, ns: str, nodes: int, rate: int, seconds: float) -> None:
                 beats = []
                 for _ in range(due):
                     i = rng.randrange(nodes)
-                    beats.append(
-                        Heartbeat(
-                            pool=POOLS[i % len(POOLS)], node_id=f"n{i}", load=rng.choice((0.0, 0.5, 1.0))
-                        )
-                    )
+                    loads[i] = 0.5 if loads[i] != 0.5 else 1.0
+                    beats.append(Heartbeat(pool=POOLS[i % len(POOLS)], node_id=f"n{i}", load=loads[i]))
                 await store.heartbeat_many(beats)
                 sent += due
             await asyncio.sleep(0.001)
@@ -93,6 +91,7 @@ def _instance(name: str, url: str, ns: str, nodes: int, control: Any, results: A
         stop = asyncio.Event()
 
         async def watch_mode() -> None:
+            await reading.wait()  # (polling only in the outage part: no extra wake-ups meanwhile)
             seen = registry.mode
             while not stop.is_set():
                 if registry.mode is not seen:
