@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -60,6 +62,10 @@ def repo_root() -> Path:
 
 
 source = Path(RESULTS or os.environ.get("LOCKLESS_RESULTS") or repo_root() / "results" / "reference")
+if not source.is_absolute() and not source.is_dir():
+    # Jupyter runs the kernel in notebooks/: a relative path given from the repository root
+    # (LOCKLESS_RESULTS=results/ jupyter lab ...) is meant from there.
+    source = repo_root() / source
 folders = find_runs(source) if source.is_dir() else []
 runs = {}
 for folder in folders:
@@ -292,12 +298,22 @@ if runs:
 # One point per (experiment, architecture): the run's node count and its `select` P99.
 # Lockless selection reads a local index, so its P99 should stay flat as the cluster
 # grows; a baseline reads the whole pool from Redis per selection, so its P99 grows with
-# the node count. With fewer than two node counts loaded this is a single column of points.
+# the node count. Only runs without faults count (an outage or a slow link is not a cluster
+# size). With fewer than two node counts loaded this is a single column of points.
 
 # %%
+def had_faults(folder: Path) -> bool:
+    """True if the run's timeline holds a fault: its latencies are not steady-state ones."""
+    timeline = folder / "timeline.csv"
+    return timeline.is_file() and (pd.read_csv(timeline)["kind"] == "fault_start").any()
+
+
 if runs:
     points = []
+    faulted = sorted(name for name, run in runs.items() if had_faults(run["folder"]))
     for name, run in runs.items():
+        if name in faulted:
+            continue
         s = run["summary"]
         for arch, a in s["architectures"].items():
             if "select" in a["ops"] and a["ops"]["select"]["count"]:
@@ -340,6 +356,8 @@ if runs:
                     "(add `scale`, `steady-10k`, ...).*"
                 )
             )
+        if faulted:
+            display(Markdown(f"*Left out, because they inject faults: {', '.join(faulted)}.*"))
         display(pts.set_index(["nodes", "arch"]))
     else:
         display(Markdown("*Skipped: no run recorded `select`.*"))
