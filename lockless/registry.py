@@ -72,6 +72,7 @@ class LocklessRegistry(EventApplier):
         )
         self._l1_pools = self.l1.pools
         self._staleness_bound_s = config.cache.staleness_bound_s
+        self._serve_stale = config.cache.stale_reads == "serve"
         self._counters = self._metrics.counters
         self.sequencer = PoolSequencer()
         self.modes = ModeController(config.modes, now=time.monotonic())
@@ -194,13 +195,21 @@ class LocklessRegistry(EventApplier):
         """The node's snapshot, or None. An L1 hit in NORMAL mode takes no lock and does no I/O."""
         # The hit path inlines L1Store.get and reads config once: it runs on every placement
         # and every attribute hop shows at this scale (about 1 us in all).
-        if self.modes.mode is Mode.NORMAL and (index := self._l1_pools.get(pool)) is not None:
+        mode = self.modes.mode
+        if mode is Mode.NORMAL and (index := self._l1_pools.get(pool)) is not None:
             node = index.nodes.get(node_id)
             if node is not None:
                 now = time.monotonic()
                 if index.expiry[node_id] > now and now - self._last_heard <= self._staleness_bound_s:
                     self._counters["l1_hits"] += 1
                     return node
+        elif mode is Mode.LOCAL_ONLY and self._serve_stale and (index := self._l1_pools.get(pool)):
+            # An outage must not make reads slower: last-known-good, as read_node would serve it.
+            # (A PoolIndex is always truthy: the walrus only tells a served pool from None.)
+            node = index.nodes.get(node_id)
+            if node is not None:
+                self._counters["stale_reads"] += 1
+                return node
         return (await self.read_node(pool, node_id)).node
 
     async def read_node(self, pool: str, node_id: str) -> ReadResult:

@@ -57,7 +57,9 @@ async def test_stopped_server_local_only_then_replay_and_normal(
         read = await registry.read_node("p", "n1")
         assert read.node is not None and read.node.node_id == "n1"
         assert read.stale and read.mode is Mode.LOCAL_ONLY
+        stale_before = registry.metrics()["stale_reads"]
         assert (await registry.get_node("p", "n2")) is not None
+        assert registry.metrics()["stale_reads"] == stale_before + 1  # served last-known-good, counted
         assert (await registry.select_nodes("p", 2)).picks
 
         # Writes go to the journal: a new node, heartbeats (coalesced), a job in and out.
