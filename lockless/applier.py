@@ -231,10 +231,19 @@ class EventApplier:
         self._metrics.inc("catchups")
         self._metrics.observe_us("catchup_us", (time.perf_counter() - started) * 1e6)
 
+    def _lost_data(self, pool: str, seq: int, epoch: str | None, high_water: int) -> bool:
+        """Redis lost this pool's data: a new epoch, or a seq below a version L1 had seen.
+
+        ``high_water`` must be read *before* the read that returned ``seq``: our own writes
+        may put newer versions into L1 while that read is in flight.
+        """
+        return self.sequencer.epoch_changed(pool, epoch) or seq < high_water
+
     async def _relist(self, pool: str, *, reset: bool = False) -> None:
         started = time.perf_counter()
+        high_water = self.l1.high_water(pool)
         listing = await self.store.relist(pool, batch=self.config.subscriber.catchup_batch)
-        epoch_changed = self.sequencer.epoch_changed(pool, listing.epoch)
+        epoch_changed = self._lost_data(pool, listing.seq, listing.epoch, high_water)
         if epoch_changed:
             self._metrics.inc("epoch_changes")
             log.warning(
@@ -254,9 +263,10 @@ class EventApplier:
 
     async def _repair(self, pool: str, reason: str) -> None:
         """Bring one pool up to Redis: catch up from the log if possible, else relist."""
+        high_water = self.l1.high_water(pool)
         seq, epoch = (await self.store.pool_states([pool]))[pool]
         last = self.sequencer.last_seq(pool)
-        if last is None or self.sequencer.epoch_changed(pool, epoch) or seq < last:
+        if last is None or self._lost_data(pool, seq, epoch, high_water) or seq < last:
             await self._relist(pool)
         elif seq > last:
             await self._catch_up(pool, seq)
@@ -268,10 +278,11 @@ class EventApplier:
         self._recovering = True
         try:
             await self._replay_journal()
+            high_waters = {pool: self.l1.high_water(pool) for pool in self._pools}
             states = await self.store.pool_states(sorted(self._pools))
             for pool, (seq, epoch) in states.items():
                 last = self.sequencer.last_seq(pool)
-                if last is None or self.sequencer.epoch_changed(pool, epoch) or seq < last:
+                if last is None or self._lost_data(pool, seq, epoch, high_waters[pool]) or seq < last:
                     await self._relist(pool)
                 elif seq > last:
                     await self._catch_up(pool, seq)
@@ -336,6 +347,7 @@ class EventApplier:
 
     async def _probe(self) -> None:
         """Read every pool's seq and epoch: Redis liveness, lost data, and events lost silently."""
+        high_waters = {pool: self.l1.high_water(pool) for pool in self._pools}
         try:
             states = await self.store.pool_states(sorted(self._pools))
         except RedisUnavailable as exc:
@@ -356,9 +368,9 @@ class EventApplier:
             # Listed before its first write: learn the epoch that write created, so that a
             # later loss of data is recognised.
             self.sequencer.adopt_first_epoch(pool, epoch)
-            if self.sequencer.epoch_changed(pool, epoch):
-                self._signal(Signal.STREAM_LOST, f"pool {pool} epoch changed")
-                self._queue.put_nowait(("recover", "", f"pool {pool} relisted after epoch change"))
+            if self._lost_data(pool, seq, epoch, high_waters[pool]):
+                self._signal(Signal.STREAM_LOST, f"pool {pool} lost its data (epoch or seq went back)")
+                self._queue.put_nowait(("recover", "", f"pool {pool} relisted after a loss of data"))
             elif self.sequencer.behind(pool, seq):
                 # Behind at two probes in a row means events were lost, not merely in flight.
                 previous = self._behind.get(pool)

@@ -56,6 +56,9 @@ class PoolIndex:
     assumed: set[str] = field(default_factory=set)
     #: node id -> time until which the node is known not to exist.
     negative: dict[str, float] = field(default_factory=dict)
+    #: Highest version this index ever held or tombstoned: Redis's seq can only be lower
+    #: than it if Redis lost its data (see :meth:`L1Store.high_water`).
+    high_water: int = 0
 
     def _unindex(self, node: NodeSnapshot) -> None:
         if is_placeable(node):
@@ -75,6 +78,8 @@ class PoolIndex:
             self._unindex(old)
         self.nodes[node.node_id] = node
         self._index(node)
+        if node.version > self.high_water:
+            self.high_water = node.version
         self.expiry[node.node_id] = expires_at
         self.negative.pop(node.node_id, None)
 
@@ -176,6 +181,7 @@ class L1Store:
         if current is not None and current.version > version:
             return False
         index.tombstones[node_id] = max(version, index.tombstones.get(node_id, 0))
+        index.high_water = max(index.high_water, version)
         return index.drop(node_id) is not None
 
     def assume(self, node: NodeSnapshot, now: float) -> bool:
@@ -219,7 +225,7 @@ class L1Store:
         versions restarted and the old ones mean nothing) the listing is installed as it is.
         """
         old = self.pools.get(pool) or PoolIndex()
-        fresh = PoolIndex()
+        fresh = PoolIndex(high_water=0 if reset else old.high_water)
         for node in nodes:
             if not reset and old.tombstones.get(node.node_id, 0) > node.version:
                 fresh.tombstones[node.node_id] = old.tombstones[node.node_id]
@@ -239,6 +245,16 @@ class L1Store:
                     if node_id in old.assumed:
                         fresh.assumed.add(node_id)
         self.pools[pool] = fresh
+
+    def high_water(self, pool: str) -> int:
+        """Highest version of ``pool`` this store has seen (records, assumptions, removals).
+
+        Versions come from the pool's ``seq``, so a Redis ``seq`` below it means Redis lost
+        data that this store learned by any path (events, L2 fills, its own writes), even
+        when the pool's epoch could not tell (e.g. a pool listed empty, then filled by reads).
+        """
+        index = self.pools.get(pool)
+        return index.high_water if index is not None else 0
 
     def clear_negative(self, pool: str) -> None:
         self.pool(pool).negative.clear()

@@ -371,3 +371,16 @@ def test_drop_of_an_unknown_node_is_harmless() -> None:
     index = PoolIndex()
     assert index.drop("nope") is None
     index_consistent(index)
+
+
+def test_high_water_is_the_highest_version_ever_held_or_removed() -> None:
+    l1 = store()
+    assert l1.high_water("p") == 0
+    l1.apply(snap("a", version=3), 0.0)
+    l1.apply(snap("b", version=5), 0.0)
+    l1.remove("p", "b", 7)
+    assert l1.high_water("p") == 7  # the removal's version counts: Redis's seq reached it
+    l1.replace_pool("p", [snap("a", version=3)], 1.0, seq=6)  # an older listing read in flight
+    assert l1.high_water("p") == 7
+    l1.replace_pool("p", [snap("a", version=1)], 2.0, reset=True)  # versions restarted
+    assert l1.high_water("p") == 1

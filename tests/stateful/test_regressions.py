@@ -199,3 +199,32 @@ async def test_a_record_that_is_not_utf8_is_skipped_not_fatal(redis_url: str, ns
             assert a.metrics()["events_malformed"] >= 1
     finally:
         await store.close()
+
+
+async def test_data_loss_is_noticed_when_l1_learned_a_pool_by_reads_only(
+    fault_server: RedisServer, ns: str
+) -> None:
+    """Records that reached L1 by reads, never by events, must not outlive a loss of data.
+
+    Found by the soak run: an instance lists a pool empty (seq 0, no epoch), then gets a
+    record by an L2 read (a fill, or its own write's answer) while no event of it is
+    applied. Redis then restarts empty: its seq (0) and epoch (none) are exactly what the
+    instance last synced, so neither the epoch nor ``seq < last_seq`` tells, and the
+    record stayed in L1 for good. Fix: L1 keeps each pool's highest version seen
+    (``L1Store.high_water``); a Redis seq below it means lost data (relist with reset).
+    """
+    base = fast_config(fault_server.url, ns)
+    # Probes only when the test asks: nothing repairs the pool behind the scenario's back.
+    cfg = dataclasses.replace(base, subscriber=dataclasses.replace(base.subscriber, ping_interval_s=30.0))
+    writer = store_for(cfg)
+    async with LocklessRegistry(cfg, instance="a") as a:
+        assert a.last_seq("p") == 0 and a.sequencer.epoch("p") is None  # listed empty
+        await a._subscriber.stop()  # no events from here on: the record arrives by a read only
+        await writer.register(NodeSpec(node_id="n0", pool="p", max_jobs=1))
+        assert (await a.refresh_node("p", "n0")) is not None
+        assert a.last_seq("p") == 0 and a.sequencer.epoch("p") is None  # L1 ahead of the sequencer
+
+        await writer.close()
+        await asyncio.to_thread(fault_server.restart, keep_data=False)
+        await a._probe()  # what the health loop does every ping_interval_s
+        await eventually(lambda: a.cached_nodes("p") == {}, 5.0, "L1 emptied like Redis")
