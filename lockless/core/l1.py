@@ -196,6 +196,7 @@ class L1Store:
             return False
         if current is None and node.version <= index.tombstones.get(node.node_id, 0):
             return False  # removed meanwhile: our write's answer must not resurrect it
+        index.tombstones.pop(node.node_id, None)  # (as in apply: a node newer than its removal)
         index.put(node, self._expiry(now, self.entry_ttl_s))
         index.assumed.add(node.node_id)
         return True
@@ -240,7 +241,12 @@ class L1Store:
                 if version > seq and node_id not in fresh.nodes:
                     fresh.tombstones[node_id] = version
             for node_id, node in old.nodes.items():
-                if node.version > seq and node_id not in fresh.nodes and node_id not in fresh.tombstones:
+                if (
+                    node.version > seq
+                    and node_id not in fresh.nodes
+                    and node.version > fresh.tombstones.get(node_id, 0)
+                ):
+                    fresh.tombstones.pop(node_id, None)
                     fresh.put(node, old.expiry.get(node_id, self._expiry(now, self.entry_ttl_s)))
                     if node_id in old.assumed:
                         fresh.assumed.add(node_id)

@@ -384,3 +384,16 @@ def test_high_water_is_the_highest_version_ever_held_or_removed() -> None:
     assert l1.high_water("p") == 7
     l1.replace_pool("p", [snap("a", version=1)], 2.0, reset=True)  # versions restarted
     assert l1.high_water("p") == 1
+
+
+def test_a_relist_older_than_an_assumption_keeps_it_over_an_older_tombstone() -> None:
+    # Found by the ordering property: removed at 2, our admission answered at 10, then a
+    # listing read at seq 0 arrives; the node must stay at 10, and an event at 4 is stale.
+    l1 = store()
+    l1.remove("p", "b", 2)
+    assert l1.assume(snap("b", version=10), 0.0)
+    l1.replace_pool("p", [], 1.0, seq=0)
+    node = l1.peek("p", "b")
+    assert node is not None and node.version == 10
+    assert not l1.apply(snap("b", version=4), 2.0)
+    assert l1.peek("p", "b").version == 10
