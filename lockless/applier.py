@@ -198,7 +198,8 @@ class EventApplier:
             self.l1.apply(event.record, time.monotonic())
         self._metrics.counters["events_applied"] += 1
         if live:
-            self._metrics.observe_us("propagation_us", (time.time() * 1000.0 - event.ts_ms) * 1000.0)
+            sent_us = event.ts_us if event.ts_us is not None else event.ts_ms * 1000
+            self._metrics.observe_us("propagation_us", time.time() * 1e6 - sent_us)
 
     async def _catch_up(self, pool: str, to_seq: int) -> None:
         """Apply the pool log from ``last_seq + 1`` through ``to_seq``; relist if it was trimmed."""

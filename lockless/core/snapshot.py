@@ -163,10 +163,13 @@ class ChangeEvent:
     version: int
     #: The record after the change; ``None`` for removals.
     record: NodeSnapshot | None
-    #: Redis server time (ms) at which the script ran: the start of propagation delay.
+    #: Redis server time (ms) at which the script ran.
     ts_ms: int
     #: The pool's epoch when the event was written (a changed epoch means Redis lost its data).
     epoch: str | None = None
+    #: Redis server time (us) as the event was published: the start of propagation delay.
+    #: ``None`` for events written before the field existed.
+    ts_us: int | None = None
 
 
 def _check_name(field_name: str, value: object) -> None:
@@ -308,8 +311,12 @@ def parse_event(raw: str | bytes) -> ChangeEvent:
     epoch = doc.get("epoch")
     if epoch is not None and not isinstance(epoch, str):
         raise MalformedRecord(node_id, "epoch", f"is {epoch!r}, not a string")
+    ts_us = doc.get("ts_us")
+    if ts_us is not None and not (isinstance(ts_us, str) and ts_us.isascii() and ts_us.isdigit()):
+        raise MalformedRecord(node_id, "ts_us", f"is {ts_us!r}, not a string of digits")
     return ChangeEvent(
         epoch=epoch,
+        ts_us=int(ts_us) if ts_us is not None else None,
         pool=pool,
         seq=numbers["seq"],
         op=op,

@@ -50,9 +50,13 @@ local function touch()
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
 end
+-- ts_us: server time in microseconds as the event leaves, a string (cjson keeps only 14
+-- significant digits of a number): where propagation delay starts, without ms rounding.
 local function emit(seq, op, version, ts, rec)
+  local t = redis.call('TIME')
   local doc = cjson.encode({seq = seq, op = op, pool = ARGV[2], node = ARGV[3], version = version,
-                            ts = ts, epoch = redis.call('GET', KEYS[5]), rec = rec})
+                            ts = ts, ts_us = t[1] .. string.format('%06d', tonumber(t[2])),
+                            epoch = redis.call('GET', KEYS[5]), rec = rec})
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'e', doc)
   redis.call('PUBLISH', ARGV[1], doc)
 end

@@ -108,6 +108,9 @@ async def assert_one_mutation(
     assert doc["op"] == op and doc["node"] == node_id and doc["pool"] == POOL
     assert doc["seq"] == doc["version"] == version == await seq_of(raw, ns)
     assert doc["epoch"] == await raw.get(keys.epoch(POOL)) and doc["epoch"]
+    # Publication time in us, at or after the script's ms timestamp, and not in the future.
+    seconds, micros = await raw.time()
+    assert doc["ts"] * 1000 <= int(doc["ts_us"]) <= seconds * 1_000_000 + micros
     entries = await raw.xrange(keys.log(POOL), min=f"{version}-0", max=f"{version}-0")
     assert entries == [(f"{version}-0", {"e": doc["_raw"]})]  # the log holds the very same document
     last = await raw.xrevrange(keys.log(POOL), count=1)
