@@ -8,8 +8,8 @@ One run, on the embedded redis-server:
    subscribed to all, each in a process of its own as in a deployment.
 2. A writer in a separate process sends ``--rate`` changing heartbeats per second, open
    loop, for ``--seconds``; each is a versioned event. Reported: event propagation delay
-   (Redis ``TIME`` at the write to applied in each instance's L1), P50/P99 per instance.
-   Redis ``TIME`` is stamped in whole milliseconds, so delays carry up to 1 ms of rounding.
+   (Redis ``TIME`` in microseconds as the event is published, ``ts_us``, to applied in each
+   instance's L1; both clocks are this machine's), P50/P99 per instance and merged.
 3. While every instance calls ``get_node`` on random nodes, the server is stopped, then
    started again (data kept): reported are the time from stop to LOCAL_ONLY (slowest
    instance), from start to NORMAL, the share of reads answered, and read P50/P99 by the
