@@ -155,13 +155,7 @@ class EventApplier:
         await self._judge(event, live=True)
 
     async def _judge(self, event: ChangeEvent, *, live: bool) -> None:
-        known = self.sequencer.epoch(event.pool)
-        # (A pool listed before its first write adopts the epoch that write created.)
-        if (
-            event.epoch is not None
-            and known != event.epoch
-            and not self.sequencer.adopt_first_epoch(event.pool, event.epoch)
-        ):
+        if self.sequencer.foreign_epoch(event.pool, event.epoch):
             # Redis lost its data: seqs restarted, so the event cannot be placed by seq.
             self._signal(Signal.STREAM_LOST, f"pool {event.pool} epoch changed")
             await self._relist(event.pool)
@@ -215,14 +209,10 @@ class EventApplier:
                 await self._relist(pool)
                 return
             for event in read.events:
-                if (
-                    event.epoch is not None
-                    and event.epoch != self.sequencer.epoch(pool)
-                    and not self.sequencer.adopt_first_epoch(pool, event.epoch)
-                ):
-                    # The log is of another life of the pool than L1's records.
-                    self._metrics.inc("epoch_changes")
-                    await self._relist(pool, reset=True)
+                if self.sequencer.foreign_epoch(pool, event.epoch):
+                    # The log is of another life of the pool than L1's records: the relist
+                    # sees the changed epoch, counts it and resets.
+                    await self._relist(pool)
                     return
                 if self.sequencer.on_event(pool, event.seq) == APPLY:
                     self._apply(event, live=False)
@@ -266,6 +256,10 @@ class EventApplier:
         """Bring one pool up to Redis: catch up from the log if possible, else relist."""
         high_water = self.l1.high_water(pool)
         seq, epoch = (await self.store.pool_states([pool]))[pool]
+        await self._sync_pool(pool, seq, epoch, high_water)
+
+    async def _sync_pool(self, pool: str, seq: int, epoch: str | None, high_water: int) -> None:
+        """Given Redis's ``seq``/``epoch`` for ``pool``: relist, catch up from the log, or nothing."""
         last = self.sequencer.last_seq(pool)
         if last is None or self._lost_data(pool, seq, epoch, high_water) or seq < last:
             await self._relist(pool)
@@ -282,11 +276,7 @@ class EventApplier:
             high_waters = {pool: self.l1.high_water(pool) for pool in self._pools}
             states = await self.store.pool_states(sorted(self._pools))
             for pool, (seq, epoch) in states.items():
-                last = self.sequencer.last_seq(pool)
-                if last is None or self._lost_data(pool, seq, epoch, high_waters[pool]) or seq < last:
-                    await self._relist(pool)
-                elif seq > last:
-                    await self._catch_up(pool, seq)
+                await self._sync_pool(pool, seq, epoch, high_waters[pool])
         finally:
             self._recovering = False
         if self._subscriber.connected.is_set():

@@ -97,6 +97,16 @@ class PoolSequencer:
             return epoch is not None and (self._last.get(pool) or 0) > 0
         return known != epoch
 
+    def foreign_epoch(self, pool: str, epoch: str | None) -> bool:
+        """True if an event of ``epoch`` belongs to another life of the pool than L1's records.
+
+        A pool listed before its first write (at seq 0) adopts the first epoch it meets
+        instead: that write created it.
+        """
+        if epoch is None or epoch == self._epoch.get(pool):
+            return False
+        return not self.adopt_first_epoch(pool, epoch)
+
     def adopt_first_epoch(self, pool: str, epoch: str | None) -> bool:
         """Learn the epoch the pool's first write created; only for a pool listed at seq 0."""
         if epoch is None or self._epoch.get(pool) is not None or self._last.get(pool) != 0:

@@ -152,3 +152,12 @@ def test_catch_up_is_a_frozen_value() -> None:
     assert c == CatchUp(1, 2) and hash(c) == hash(CatchUp(1, 2))
     with pytest.raises(AttributeError):
         c.from_seq = 5  # type: ignore[misc]
+
+
+def test_foreign_epoch_adopts_a_first_epoch_at_seq_0_and_flags_any_other() -> None:
+    seq = synced_at(0, None)
+    assert not seq.foreign_epoch("p", None)  # old events carry no epoch: nothing to judge
+    assert not seq.foreign_epoch("p", "e1") and seq.epoch("p") == "e1"  # adopted
+    assert not seq.foreign_epoch("p", "e1")
+    assert seq.foreign_epoch("p", "e2")
+    assert synced_at(3, None).foreign_epoch("p", "e1")  # past seq 0, an unknown life
