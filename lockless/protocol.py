@@ -1,18 +1,23 @@
 """The interface every registry architecture implements, and the values it returns.
 
 The harness and the conformance suite depend only on :class:`Registry`, so the
-lockless cache, the locked baseline and the direct (no cache) baseline are exchanged
-without touching either. Every value here is a frozen dataclass: results cross task
-boundaries and are recorded, and must not change after the fact.
+lockless cache and every baseline the harness compares it with are exchanged without
+touching either; nothing outside an architecture probes it for optional methods. Every
+value here is a frozen dataclass: results cross task boundaries and are recorded, and
+must not change after the fact.
+
+:func:`place` is placement written once against the protocol (select, then admit at
+the first candidate that accepts), so every architecture that places by "select from a
+view, then admit in Redis" places the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from lockless.core.modes import Mode
+from lockless.core.modes import Mode, ModeSwitch
 from lockless.core.selection import Selection
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.metrics import MetricsSnapshot
@@ -91,14 +96,18 @@ class ReadResult:
     #: True when served past the staleness bound or in LOCAL_ONLY.
     stale: bool = False
     mode: Mode = Mode.NORMAL
-    details: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable
 class Registry(Protocol):
-    """A node registry as a scheduler instance sees it. All I/O methods are coroutines."""
+    """A node registry as a scheduler instance sees it. I/O methods are coroutines.
 
-    #: Architecture name: ``lockless`` | ``locked`` | ``direct``.
+    Every architecture implements all of it; where a method does not apply to a design
+    (a cache view of an architecture without a cache), its answer says so (``None``, an
+    empty tuple) rather than the method being absent.
+    """
+
+    #: Architecture name, e.g. ``lockless`` | ``locked`` | ``direct``.
     name: str
 
     async def start(self) -> None:
@@ -110,6 +119,19 @@ class Registry(Protocol):
     @property
     def mode(self) -> Mode:
         """The current degradation mode (baselines are always NORMAL or LOCAL_ONLY)."""
+
+    def mode_switches(self) -> tuple[ModeSwitch, ...]:
+        """The mode switches so far, oldest first (a bounded recent history)."""
+
+    def last_sync_age(self) -> float:
+        """Seconds since this instance last heard from Redis: how old a decision's data may be."""
+
+    async def cached_view(self, pool: str) -> Mapping[str, NodeSnapshot] | None:
+        """A copy of the instance's cached view of ``pool``; ``None`` if it keeps no cache."""
+
+    def take_replay_rejections(self) -> list[Admission]:
+        """Admissions made locally during an outage that Redis refused on replay, since the
+        last call (the scheduler must re-place those jobs). Empty for designs that never admit locally."""
 
     async def get_node(self, pool: str, node_id: str) -> NodeSnapshot | None:
         """The node's current snapshot, or ``None`` if it does not exist."""
@@ -149,11 +171,58 @@ class Registry(Protocol):
     async def remove_node(self, pool: str, node_id: str) -> bool:
         """Remove a node (graceful leave). True if it existed."""
 
-    async def job_started(self, pool: str, node_id: str, job_id: str) -> Admission:
+    async def job_start(self, pool: str, node_id: str, job_id: str) -> Admission:
         """Admission control: admit ``job_id`` on the node only if it is alive and below ``max_jobs``."""
 
-    async def job_finished(self, pool: str, node_id: str, job_id: str) -> bool:
+    async def job_finish(self, pool: str, node_id: str, job_id: str) -> bool:
         """Release ``job_id``'s slot. Idempotent; True if this call released it."""
 
     def metrics(self) -> MetricsSnapshot:
         """A consistent copy of this instance's counters and histograms."""
+
+
+#: Candidates asked of selection per placement; the rest are fallbacks on rejection.
+PLACEMENT_CANDIDATES = 3
+
+
+async def place(
+    registry: Registry,
+    pool: str,
+    job_id: str,
+    requirements: Requirements | None = None,
+    *,
+    policy: str | None = None,
+    candidates: int = PLACEMENT_CANDIDATES,
+) -> Placement:
+    """Select ``candidates`` nodes, then admit at the first that accepts (DESIGN.md section 6).
+
+    A rejection (another instance took the slot, the node left) falls back to the next
+    candidate; the placement lists every node that rejected the job. ``data_age_s`` is
+    the registry's :meth:`~Registry.last_sync_age` when the decision was taken.
+    """
+    age = registry.last_sync_age()
+    selection = await registry.select_nodes(pool, candidates, requirements, policy=policy)
+    rejected: list[str] = []
+    for node in selection.picks:
+        admission = await registry.job_start(pool, node.node_id, job_id)
+        if admission.admitted:
+            return Placement(
+                job_id=job_id,
+                pool=pool,
+                node_id=node.node_id,
+                version=admission.version,
+                rejected=tuple(rejected),
+                selection=selection,
+                data_age_s=age,
+                reason=admission.reason,
+            )
+        rejected.append(node.node_id)
+    return Placement(
+        job_id=job_id,
+        pool=pool,
+        node_id=None,
+        rejected=tuple(rejected),
+        selection=selection,
+        data_age_s=age,
+        reason="all candidates rejected at admission" if rejected else selection.explain(),
+    )

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -36,16 +37,12 @@ from lockless.core.sequencer import PoolSequencer
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.errors import JournalFull, MalformedRecord, RedisUnavailable, StaleRead, UnknownPool
 from lockless.metrics import Metrics, MetricsSnapshot
-from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, ReadResult
+from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, ReadResult, place
 from lockless.redis.store import RedisStore
 from lockless.redis.subscriber import Subscriber
 from lockless.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
-
-#: Candidates asked of selection per placement; the rest are fallbacks on rejection.
-_PLACEMENT_CANDIDATES = 3
-
 
 class LocklessRegistry(EventApplier):
     """The lockless architecture: an in-process cache of immutable snapshots kept fresh by events."""
@@ -160,9 +157,19 @@ class LocklessRegistry(EventApplier):
         )
 
     def cached_nodes(self, pool: str) -> dict[str, NodeSnapshot]:
-        """A copy of the L1 view of ``pool`` (for convergence checks and debugging)."""
+        """A copy of the L1 view of ``pool``, without I/O (for convergence checks and debugging)."""
         self._check_pool(pool)
         return dict(self.l1.pool(pool).nodes)
+
+    async def cached_view(self, pool: str) -> dict[str, NodeSnapshot]:
+        """:meth:`cached_nodes`, as the :class:`~lockless.protocol.Registry` protocol asks for it."""
+        return self.cached_nodes(pool)
+
+    def take_replay_rejections(self) -> list[Admission]:
+        """Journaled admissions Redis refused on replay since the last call; the scheduler re-places them."""
+        taken = list(self.replay_rejections)
+        self.replay_rejections.clear()
+        return taken
 
     def mode_switches(self) -> tuple[ModeSwitch, ...]:
         return self.modes.switches
@@ -360,34 +367,8 @@ class LocklessRegistry(EventApplier):
     async def place_job(
         self, pool: str, job_id: str, requirements: Requirements | None = None, *, policy: str | None = None
     ) -> Placement:
-        """Select, then admit at the first candidate that accepts (DESIGN.md section 6)."""
-        age = self.last_sync_age()
-        selection = await self.select_nodes(pool, _PLACEMENT_CANDIDATES, requirements, policy=policy)
-        rejected: list[str] = []
-        for node in selection.picks:
-            admission = await self.job_started(pool, node.node_id, job_id)
-            if admission.admitted:
-                return Placement(
-                    job_id=job_id,
-                    pool=pool,
-                    node_id=node.node_id,
-                    version=admission.version,
-                    rejected=tuple(rejected),
-                    selection=selection,
-                    data_age_s=age,
-                    reason=admission.reason,
-                )
-            rejected.append(node.node_id)
-        reason = "all candidates rejected at admission" if rejected else selection.explain()
-        return Placement(
-            job_id=job_id,
-            pool=pool,
-            node_id=None,
-            rejected=tuple(rejected),
-            selection=selection,
-            data_age_s=age,
-            reason=reason,
-        )
+        """Select from L1, then admit at the first candidate that accepts (see ``place``)."""
+        return await place(self, pool, job_id, requirements, policy=policy)
 
     # ================================================================== writes
     async def _write(self, op: str, pool: str, node_id: str, payload: dict[str, Any], call: Any) -> Any:
@@ -473,7 +454,7 @@ class LocklessRegistry(EventApplier):
             self.l1.remove(pool, node_id, int(result))
         return bool(result)
 
-    async def job_started(self, pool: str, node_id: str, job_id: str) -> Admission:
+    async def job_start(self, pool: str, node_id: str, job_id: str) -> Admission:
         """Admission control in Redis; an admission is reflected in L1 at once ("assumed")."""
         self._check_pool(pool)
         if self.modes.mode is Mode.LOCAL_ONLY or len(self.journal):
@@ -526,7 +507,7 @@ class LocklessRegistry(EventApplier):
             max_jobs=node.max_jobs,
         )
 
-    async def job_finished(self, pool: str, node_id: str, job_id: str) -> bool:
+    async def job_finish(self, pool: str, node_id: str, job_id: str) -> bool:
         """Release ``job_id``'s slot. Idempotent; True if this call released it (or journaled it)."""
         result = await self._write(
             "job_finish",
@@ -555,3 +536,14 @@ class LocklessRegistry(EventApplier):
             reaped += await self.store.reap(pool)
         self._metrics.inc("reaped", len(reaped))
         return reaped
+
+    # ============================================================ deprecated
+    async def job_started(self, pool: str, node_id: str, job_id: str) -> Admission:
+        """Deprecated alias of :meth:`job_start`."""
+        warnings.warn("job_started() is deprecated; use job_start()", DeprecationWarning, stacklevel=2)
+        return await self.job_start(pool, node_id, job_id)
+
+    async def job_finished(self, pool: str, node_id: str, job_id: str) -> bool:
+        """Deprecated alias of :meth:`job_finish`."""
+        warnings.warn("job_finished() is deprecated; use job_finish()", DeprecationWarning, stacklevel=2)
+        return await self.job_finish(pool, node_id, job_id)

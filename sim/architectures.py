@@ -15,7 +15,10 @@ between batches as a careful implementation would (one 10,000-record read would 
 every other task on the loop, harness included, for tens of milliseconds).
 
 Baselines have no degradation modes. They report ``LOCAL_ONLY`` after a failed Redis call
-and ``NORMAL`` after a successful one, so the mode timeline shows their outages too.
+and ``NORMAL`` after a successful one, and log those switches like the library does, so
+the mode timeline shows their outages too. They keep no cache (``cached_view`` is
+``None``) and never admit locally (no replay rejections); they place through the same
+:func:`lockless.protocol.place` as the library.
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from lockless.config import RegistryConfig
-from lockless.core.modes import Mode
+from lockless.core.modes import Mode, ModeSwitch
 from lockless.core.selection import Selection, is_placeable, placement_key, select
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.errors import ConfigError, RedisUnavailable, UnknownPool
 from lockless.metrics import Metrics, MetricsSnapshot
-from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, Registry
+from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, Registry, place
 from lockless.redis.store import RedisStore
 
 ARCHITECTURES = ("lockless", "locked", "direct")
@@ -73,6 +77,7 @@ class _RedisBackedRegistry:
         self.store = RedisStore(config.redis, config.nodes, metrics=self._metrics)
         self._rng = random.Random(config.cache.seed)
         self._mode = Mode.NORMAL
+        self._switches: list[ModeSwitch] = []
         self._reaper: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
@@ -83,11 +88,18 @@ class _RedisBackedRegistry:
         """Await a store call, tracking the reported mode from its outcome."""
         try:
             result = await coro
-        except RedisUnavailable:
-            self._mode = Mode.LOCAL_ONLY
+        except RedisUnavailable as exc:
+            self._set_mode(Mode.LOCAL_ONLY, f"redis call failed: {exc}")
             raise
-        self._mode = Mode.NORMAL
+        self._set_mode(Mode.NORMAL, "redis answered")
         return result
+
+    def _set_mode(self, mode: Mode, reason: str) -> None:
+        if mode is not self._mode:
+            self._switches.append(
+                ModeSwitch(at=time.monotonic(), from_mode=self._mode, to_mode=mode, reason=reason)
+            )
+            self._mode = mode
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -117,12 +129,21 @@ class _RedisBackedRegistry:
     def mode(self) -> Mode:
         return self._mode
 
+    def mode_switches(self) -> tuple[ModeSwitch, ...]:
+        return tuple(self._switches)
+
     def last_sync_age(self) -> float:
         """Baselines read Redis on every decision: their data is as fresh as the read."""
         return 0.0
 
-    def caught_up(self) -> bool:
-        return True
+    async def cached_view(self, pool: str) -> None:
+        """No cache: every read goes to Redis."""
+        self._check_pool(pool)
+        return None
+
+    def take_replay_rejections(self) -> list[Admission]:
+        """Never admits locally: nothing is replayed, nothing rejected."""
+        return []
 
     def metrics(self) -> MetricsSnapshot:
         return self._metrics.snapshot(mode=self._mode.value)
@@ -160,30 +181,7 @@ class _RedisBackedRegistry:
     async def place_job(
         self, pool: str, job_id: str, requirements: Requirements | None = None, *, policy: str | None = None
     ) -> Placement:
-        selection = await self.select_nodes(pool, 3, requirements, policy=policy)
-        rejected: list[str] = []
-        for node in selection.picks:
-            admission = await self.job_started(pool, node.node_id, job_id)
-            if admission.admitted:
-                return Placement(
-                    job_id=job_id,
-                    pool=pool,
-                    node_id=node.node_id,
-                    version=admission.version,
-                    rejected=tuple(rejected),
-                    selection=selection,
-                    reason=admission.reason,
-                )
-            rejected.append(node.node_id)
-        reason = "all candidates rejected at admission" if rejected else selection.explain()
-        return Placement(
-            job_id=job_id,
-            pool=pool,
-            node_id=None,
-            rejected=tuple(rejected),
-            selection=selection,
-            reason=reason,
-        )
+        return await place(self, pool, job_id, requirements, policy=policy)
 
     # --------------------------------------------------------------- writes
     async def register_node(self, spec: NodeSpec) -> int:
@@ -216,12 +214,12 @@ class _RedisBackedRegistry:
         async with self._guard():
             return bool(await self._redis(self.store.remove(pool, node_id)))
 
-    async def job_started(self, pool: str, node_id: str, job_id: str) -> Admission:
+    async def job_start(self, pool: str, node_id: str, job_id: str) -> Admission:
         self._check_pool(pool)
         async with self._guard():
             return await self._redis(self.store.job_start(pool, node_id, job_id))
 
-    async def job_finished(self, pool: str, node_id: str, job_id: str) -> bool:
+    async def job_finish(self, pool: str, node_id: str, job_id: str) -> bool:
         self._check_pool(pool)
         async with self._guard():
             # (released, version[, current_jobs]): only the first field matters here.

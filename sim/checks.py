@@ -79,34 +79,21 @@ class ModeWatch:
     def __init__(self, registries: dict[int, Registry], rec: Recorder, bridge: Bridge) -> None:
         self.registries, self.rec, self.bridge = registries, rec, bridge
         self._seen: dict[int, float] = dict.fromkeys(registries, -1.0)
-        self._modes = {k: r.mode for k, r in registries.items()}
 
     def poll(self) -> None:
         for k, reg in self.registries.items():
-            log = getattr(reg, "mode_switches", None)
-            if log is not None:
-                # The instance's own log: exact times (same monotonic clock) and reasons.
-                for switch in log():
-                    if switch.at > self._seen[k]:
-                        self.rec.event(
-                            switch.at,
-                            "mode",
-                            f"{switch.from_mode.value}->{switch.to_mode.value}",
-                            instance=k,
-                            reason=switch.reason,
-                        )
-                        self._seen[k] = switch.at
-                        self.rec.count("mode_switches")
-            elif reg.mode is not self._modes[k]:
-                self.rec.event(
-                    self.bridge.now(),
-                    "mode",
-                    f"{self._modes[k].value}->{reg.mode.value}",
-                    instance=k,
-                    reason="polled",
-                )
-                self._modes[k] = reg.mode
-                self.rec.count("mode_switches")
+            # The instance's own log: exact times (same monotonic clock) and reasons.
+            for switch in reg.mode_switches():
+                if switch.at > self._seen[k]:
+                    self.rec.event(
+                        switch.at,
+                        "mode",
+                        f"{switch.from_mode.value}->{switch.to_mode.value}",
+                        instance=k,
+                        reason=switch.reason,
+                    )
+                    self._seen[k] = switch.at
+                    self.rec.count("mode_switches")
 
     async def run(self, interval_s: float) -> None:
         while True:
@@ -135,9 +122,7 @@ async def converge(
     timeout_s: float,
 ) -> None:
     """Wait for every cache to equal Redis; record the time it took, or violations at the deadline."""
-    caches = {k: r for k, r in registries.items() if hasattr(r, "cached_nodes") or hasattr(r, "cached_keys")}
-    if not caches:
-        return
+    caches = dict(registries)
     began = bridge.now()
     deadline = began + timeout_s
     while True:
@@ -149,7 +134,10 @@ async def converge(
         if truth is not None:
             for k, reg in caches.items():
                 for pool in pools:
-                    mine = await _cached_keys(reg, pool)
+                    view = await reg.cached_view(pool)
+                    if view is None:  # an architecture without a cache has nothing to converge
+                        continue
+                    mine = {i: _key(n) for i, n in view.items()}
                     bad = sorted(
                         i for i in truth[pool].keys() | mine.keys() if truth[pool].get(i) != mine.get(i)
                     )
@@ -168,11 +156,3 @@ async def converge(
                 rec.violation(bridge.now(), "divergence", diff)
             return
         await asyncio.sleep(0.05)  # poll; the deadline above bounds the wait
-
-
-async def _cached_keys(registry: Registry, pool: str) -> dict[str, tuple[int, str, int, int]]:
-    """The convergence keys of a cache: read here, or asked of a scheduler process (sim.remote)."""
-    remote = getattr(registry, "cached_keys", None)
-    if remote is not None:
-        return await remote(pool)
-    return {i: _key(n) for i, n in registry.cached_nodes(pool).items()}  # type: ignore[attr-defined]

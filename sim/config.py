@@ -242,7 +242,7 @@ class JobsSection:
     duration_sigma: float = 0.5
     """Shape (sigma of the log) for ``lognormal``."""
     api: str = "select_and_start"
-    """``select_and_start``: select_nodes then job_started (select and job_start timed apart);
+    """``select_and_start``: select_nodes then job_start (select and job_start timed apart);
     ``place_job``: the registry's own place_job (timed as ``place``)."""
     candidates: int = 3
     """Nodes asked of select_nodes; the rest are fallbacks when admission rejects."""

@@ -294,7 +294,7 @@ class Dispatcher:
                 return
             self._admitted(op, reg, pool, placement.node_id, job_id, placement.reason, done)
             return
-        age = reg.last_sync_age() if hasattr(reg, "last_sync_age") else 0.0
+        age = reg.last_sync_age()
         selection, done, ok = await self._timed(
             "select", intended, reg.select_nodes(pool, jobs.candidates, req)
         )
@@ -306,7 +306,7 @@ class Dispatcher:
         for node in selection.picks:
             # Started right after the selection returned: its intended time is that return.
             admission, done, ok = await self._timed(
-                "job_start", done, reg.job_started(pool, node.node_id, job_id)
+                "job_start", done, reg.job_start(pool, node.node_id, job_id)
             )
             if ok and admission.admitted:
                 # The whole placement, from the arrival (its lag was counted with the select).
@@ -338,4 +338,4 @@ class Dispatcher:
         heapq.heappush(self._followups, (finish_at, next(self._seq), (reg, pool, node_id, job_id)))
 
     async def _job_finish(self, intended: float, reg: Registry, pool: str, node_id: str, job_id: str) -> None:
-        await self._timed("job_finish", intended, reg.job_finished(pool, node_id, job_id))
+        await self._timed("job_finish", intended, reg.job_finish(pool, node_id, job_id))

@@ -168,11 +168,11 @@ class _Lane:
             self._serial += 1
             job = f"probe-{self.arch}-{self._serial}"
             self._jobs.append((spec, job))
-            return lambda: reg.job_started(pool, spec.node_id, job)
+            return lambda: reg.job_start(pool, spec.node_id, job)
         if self.op == "job_finish":
             # Finishes the jobs its sibling job_start lane admitted, oldest first.
             node, job = self.pending.pop(0)
-            return lambda: reg.job_finished(pool, node.node_id, job)
+            return lambda: reg.job_finish(pool, node.node_id, job)
         raise ValueError(f"probe op: got {self.op!r}; allowed: ping | {' | '.join(OPS)}")
 
     pending: list[tuple[NodeSpec, str]]

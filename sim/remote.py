@@ -39,7 +39,7 @@ import pickle
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -47,9 +47,10 @@ from typing import Any
 import psutil
 
 from lockless.config import RegistryConfig
-from lockless.core.modes import Mode
+from lockless.core.modes import Mode, ModeSwitch
+from lockless.core.snapshot import NodeSnapshot
 from lockless.errors import LocklessError
-from lockless.protocol import Heartbeat, HeartbeatResult
+from lockless.protocol import Admission, Heartbeat, HeartbeatResult
 
 _LEN = struct.Struct("!I")
 #: Registry methods the harness may call remotely (the dispatcher's whole vocabulary).
@@ -61,8 +62,9 @@ CALLS = frozenset(
         "register_node",
         "heartbeat_many",
         "remove_node",
-        "job_started",
-        "job_finished",
+        "job_start",
+        "job_finish",
+        "cached_view",
     }
 )
 #: How often the harness asks each scheduler for its mode (and mode switches).
@@ -132,9 +134,7 @@ async def _serve(arch: str, config: RegistryConfig, instance: int, name: str, pa
 
     registry = build(arch, config, instance=name)
     reader, writer = await asyncio.open_unix_connection(path)
-    has_cache = hasattr(registry, "cached_nodes")
-    has_switches = hasattr(registry, "mode_switches")
-    writer.write(dumps(("hello", instance, os.getpid(), has_cache, has_switches)))
+    writer.write(dumps(("hello", instance, os.getpid())))
     tasks: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
     try:
@@ -176,33 +176,22 @@ async def _handle(
             value = await registry.close()
         elif method == "status":
             (seen,) = args
-            switches = registry.mode_switches()[seen:] if hasattr(registry, "mode_switches") else ()
-            value = (registry.mode, tuple(switches))
-        elif method == "cached_keys":
-            (pool,) = args
-            value = {i: _key(n) for i, n in registry.cached_nodes(pool).items()}
+            value = (registry.mode, registry.mode_switches()[seen:], registry.take_replay_rejections())
         elif method == "metrics":
             snap = registry.metrics()
             value = (dict(snap.encoded), dict(snap.counters))
         else:
             raise ValueError(f"unknown method {method!r}")
-        reply = (req_id, True, value, received, loop.time(), _sync_age(registry))
+        reply = (req_id, True, value, received, loop.time(), registry.last_sync_age())
     except Exception as exc:
-        reply = (req_id, False, (type(exc).__name__, str(exc)), received, loop.time(), _sync_age(registry))
+        reply = (
+            req_id, False, (type(exc).__name__, str(exc)), received, loop.time(), registry.last_sync_age()
+        )
     try:
         frame = dumps(reply)
     except Exception as exc:  # an unpicklable result is a harness bug: say so, do not hang the caller
         frame = dumps((req_id, False, ("RemoteFrameError", repr(exc)), received, loop.time(), 0.0))
     writer.write(frame)
-
-
-def _sync_age(registry: Any) -> float:
-    return registry.last_sync_age() if hasattr(registry, "last_sync_age") else 0.0
-
-
-def _key(node: Any) -> tuple[int, str, int, int]:
-    # The convergence key (sim.checks): heartbeat_ms is not versioned, so it is not compared.
-    return (node.version, node.status, node.current_jobs, node.max_jobs)
 
 
 # ------------------------------------------------------------- the harness
@@ -221,8 +210,6 @@ class RemoteRegistry:
         pid: int,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        has_cache: bool,
-        has_switches: bool,
     ) -> None:
         self.name = name
         self.instance = instance
@@ -231,17 +218,14 @@ class RemoteRegistry:
         self._pending: dict[int, tuple[asyncio.Future[Any], float]] = {}
         self._next_id = 0
         self._mode = Mode.NORMAL
-        self._switches: tuple[Any, ...] = ()
+        self._switches: tuple[ModeSwitch, ...] = ()
+        self._rejections: list[Admission] = []
         self._sync_age = 0.0
         self._loop = asyncio.get_running_loop()
         self._reader_task = asyncio.create_task(self._read_replies())
         self._status_task: asyncio.Task[None] | None = None
         #: Called with the transport overhead (s) of every reply; the runner points it at the recorder.
         self.on_ipc: Callable[[float], None] | None = None
-        if has_cache:
-            self.cached_keys = self._cached_keys
-        if has_switches:
-            self.mode_switches = self._mode_switches
 
     # ----------------------------------------------------------- transport
     def _send(self, method: str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None):
@@ -303,9 +287,10 @@ class RemoteRegistry:
     async def _poll_status(self) -> None:
         while True:
             with contextlib.suppress(LocklessError):
-                self._mode, new = await self._send("status", (len(self._switches),))
+                self._mode, new, rejections = await self._send("status", (len(self._switches),))
                 if new:
                     self._switches = (*self._switches, *new)
+                self._rejections += rejections
             await asyncio.sleep(STATUS_INTERVAL_S)
 
     # -------------------------------------------------------------- status
@@ -314,15 +299,21 @@ class RemoteRegistry:
         """The mode at the last status poll (every :data:`STATUS_INTERVAL_S`)."""
         return self._mode
 
-    def _mode_switches(self) -> tuple[Any, ...]:
+    def mode_switches(self) -> tuple[ModeSwitch, ...]:
+        """The switches known at the last status poll."""
         return self._switches
+
+    def take_replay_rejections(self) -> list[Admission]:
+        """Replay rejections collected by the status polls since the last call."""
+        taken, self._rejections = self._rejections, []
+        return taken
 
     def last_sync_age(self) -> float:
         """The scheduler's ``last_sync_age()`` as of its most recent reply (not re-read per call)."""
         return self._sync_age
 
-    async def _cached_keys(self, pool: str) -> dict[str, tuple[int, str, int, int]]:
-        return await self._send("cached_keys", (pool,))
+    async def cached_view(self, pool: str) -> Mapping[str, NodeSnapshot] | None:
+        return await self._send("cached_view", (pool,))
 
     async def fetch_metrics(self) -> tuple[dict[str, bytes], dict[str, int]]:
         """The registry's encoded histograms and counters."""
@@ -347,11 +338,11 @@ class RemoteRegistry:
     async def remove_node(self, pool: str, node_id: str) -> bool:
         return await self._send("remove_node", (pool, node_id))
 
-    async def job_started(self, pool: str, node_id: str, job_id: str) -> Any:
-        return await self._send("job_started", (pool, node_id, job_id))
+    async def job_start(self, pool: str, node_id: str, job_id: str) -> Any:
+        return await self._send("job_start", (pool, node_id, job_id))
 
-    async def job_finished(self, pool: str, node_id: str, job_id: str) -> bool:
-        return await self._send("job_finished", (pool, node_id, job_id))
+    async def job_finish(self, pool: str, node_id: str, job_id: str) -> bool:
+        return await self._send("job_finish", (pool, node_id, job_id))
 
 
 class SchedulerProcesses:
@@ -399,15 +390,9 @@ class SchedulerProcesses:
                     why = f"exited (code {self.procs[dead[0]].exitcode})" if dead else "did not connect"
                     raise LocklessError(f"scheduler process {dead[0] if dead else '?'} {why}") from None
                 continue
-            _, k, pid, has_cache, has_switches = hello
+            _, k, pid = hello
             self.registries[k] = RemoteRegistry(
-                name=self.arch,
-                instance=k,
-                pid=pid,
-                reader=reader,
-                writer=writer,
-                has_cache=has_cache,
-                has_switches=has_switches,
+                name=self.arch, instance=k, pid=pid, reader=reader, writer=writer
             )
         return dict(sorted(self.registries.items()))
 

@@ -7,8 +7,8 @@ What one run measures, single caller, per-call ``perf_counter_ns`` around each a
 
 * reads from L1 with 10,000 nodes in 10 pools: ``get_node`` hits, ``select_nodes(count=1)``
   with ``power_of_two`` and ``least_loaded`` (and power-of-two with a label half the nodes have);
-* one-round-trip writes through the registry: quiet ``heartbeat``, ``job_started`` and the
-  ``job_finished`` that gives the slot back, interleaved in rounds with raw redis-py
+* one-round-trip writes through the registry: quiet ``heartbeat``, ``job_start`` and the
+  ``job_finish`` that gives the slot back, interleaved in rounds with raw redis-py
   ``PING`` and ``HGETALL`` (same client settings as the library) for calibration, so that
   drift over the run hits every operation alike;
 * ``select_nodes`` P99 on one pool of 1,000 / 10,000 / 100,000 nodes (is it flat?).
@@ -314,9 +314,9 @@ async def main_run(
                     job += 1
                     job_id = f"bench-{job}"
                     t0 = pc()
-                    admission = await registry.job_started(s.pool, s.node_id, job_id)
+                    admission = await registry.job_start(s.pool, s.node_id, job_id)
                     t1 = pc()
-                    await registry.job_finished(s.pool, s.node_id, job_id)
+                    await registry.job_finish(s.pool, s.node_id, job_id)
                     t2 = pc()
                     starts[i], finishes[i] = t1 - t0, t2 - t1
                     rejected += not admission.admitted
@@ -428,8 +428,8 @@ _ROWS = [
     ("ping", "raw redis-py PING", "calibration"),
     ("hgetall", "raw redis-py HGETALL", "calibration"),
     ("heartbeat_quiet", "heartbeat (quiet)", f"P99 <= {TARGET_WRITE_OVER_PING:g}x PING P99"),
-    ("job_start", "job_started (admitted)", f"P99 <= {TARGET_WRITE_OVER_PING:g}x PING P99"),
-    ("job_finish", "job_finished", f"P99 <= {TARGET_WRITE_OVER_PING:g}x PING P99"),
+    ("job_start", "job_start (admitted)", f"P99 <= {TARGET_WRITE_OVER_PING:g}x PING P99"),
+    ("job_finish", "job_finish", f"P99 <= {TARGET_WRITE_OVER_PING:g}x PING P99"),
     ("timer_overhead", "perf_counter_ns pair (overhead)", "(info)"),
     ("await_floor", "await of a no-op coroutine", "(info: floor of any async call)"),
     ("l1_store_get", "L1Store.get, sync, no await", "(info)"),

@@ -14,7 +14,7 @@ What is timed, on one 10,000-node pool (setup reused from ``bench_library``):
 * group ``l1`` - ``get_node`` on an L1 hit and ``select_nodes(count=1)``. Both are driven
   synchronously (``coroutine.send``) inside the running loop, so the figure is the call
   itself; a call that suspends (it went to Redis) fails the test instead of being timed.
-* group ``round-trip`` - a quiet ``heartbeat``, ``job_started`` and a raw redis-py
+* group ``round-trip`` - a quiet ``heartbeat``, ``job_start`` and a raw redis-py
   ``PING`` with the library's client settings. Each call is one ``Runner.run`` of the
   coroutine, so all three carry the same event-loop overhead: compare them with each
   other (the write/PING ratio), not with numbers from elsewhere.
@@ -159,7 +159,7 @@ def test_job_start(benchmark: Any, bench: Bench) -> None:
 
     def start() -> None:
         s = next(nodes)
-        admission = bench.runner.run(bench.registry.job_started(POOL, s.node_id, f"bench-{next(serial)}"))
+        admission = bench.runner.run(bench.registry.job_start(POOL, s.node_id, f"bench-{next(serial)}"))
         admitted.append(admission.admitted)
 
     benchmark(start)

@@ -90,10 +90,10 @@ async def test_capacity_is_never_exceeded_and_finishing_frees_a_slot(registry: R
     truth = await truth_store.get_node("p", "n1")
     await truth_store.close()
     assert truth is not None and truth.current_jobs == 2
-    assert await registry.job_finished("p", "n1", "j0")
-    assert not await registry.job_finished("p", "n1", "j0")  # idempotent
-    assert (await registry.job_started("p", "n1", "j9")).admitted
-    assert (await registry.job_started("p", "n1", "j9")).reason == "already_admitted"
+    assert await registry.job_finish("p", "n1", "j0")
+    assert not await registry.job_finish("p", "n1", "j0")  # idempotent
+    assert (await registry.job_start("p", "n1", "j9")).admitted
+    assert (await registry.job_start("p", "n1", "j9")).reason == "already_admitted"
 
 
 async def test_heartbeats_quiet_and_changing(registry: Registry) -> None:
@@ -131,3 +131,41 @@ def registry_url(registry: Registry) -> str:
 
 def registry_ns(registry: Registry) -> str:
     return registry.config.redis.namespace  # type: ignore[attr-defined]
+
+
+async def test_status_surface_is_uniform(registry: Registry) -> None:
+    # What the harness reads of every architecture, without probing for optional methods.
+    assert registry.mode_switches() == ()  # a healthy start switches nothing
+    assert registry.last_sync_age() >= 0.0
+    assert registry.take_replay_rejections() == []  # nothing was journaled
+    version = await registry.register_node(node(1))
+    view = await registry.cached_view("p")
+    if view is None:  # an architecture without a cache says so
+        assert registry.name != "lockless"
+    else:
+
+        async def cached() -> bool:
+            got = await registry.cached_view("p")
+            return got is not None and "n1" in got and got["n1"].version >= version
+
+        await eventually_async(cached, 3.0, "n1 in the cached view")
+    with pytest.raises(UnknownPool):
+        await registry.cached_view("nope")
+
+
+async def test_place_job_admits_until_full(registry: Registry) -> None:
+    await registry.register_node(node(1, max_jobs=1))
+    await visible(registry, "n1")
+    first = await registry.place_job("p", "j1")
+    assert first.placed and first.node_id == "n1" and first.rejected == ()
+    await eventually_async(
+        lambda: _full(registry, "n1"), 3.0, "n1 seen full"
+    )
+    second = await registry.place_job("p", "j2")
+    assert not second.placed  # the only node is full: nothing to pick, nothing admitted
+    assert second.reason
+
+
+async def _full(registry: Registry, node_id: str) -> bool:
+    snap = await registry.get_node("p", node_id)
+    return snap is not None and snap.current_jobs == snap.max_jobs

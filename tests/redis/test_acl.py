@@ -42,7 +42,7 @@ async def test_an_acl_user_limited_to_its_namespace_runs_two_instances(redis_url
         config = fast_config(url, ns)
         async with LocklessRegistry(config, instance="a") as a, LocklessRegistry(config, instance="b") as b:
             await a.register_node(NodeSpec(node_id="n1", pool="p", max_jobs=2))
-            assert (await b.job_started("p", "n1", "j1")).admitted
+            assert (await b.job_start("p", "n1", "j1")).admitted
             # The event reached a's subscriber, which authenticated on its own connection.
             await eventually(
                 lambda: (n := a.l1.peek("p", "n1")) is not None and n.current_jobs == 1, 3.0, "event in a"

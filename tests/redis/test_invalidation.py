@@ -35,7 +35,7 @@ async def test_a_write_on_one_instance_reaches_the_others(redis_url: str, ns: st
             2.0,
             "register to reach b and c",
         )
-        admission = await b.job_started("p", "n1", "job-1")
+        admission = await b.job_start("p", "n1", "job-1")
         assert admission.admitted
         await eventually(lambda: a.l1.peek("p", "n1").current_jobs == 1, 2.0, "job_start to reach a")
         assert (await c.get_node("p", "n1")) is not None

@@ -45,7 +45,7 @@ async def test_stopped_server_local_only_then_replay_and_normal(
     cfg = fast_config(fault_server.url, ns)
     async with LocklessRegistry(cfg, instance="outage") as registry:
         await _fill(registry, 5)
-        assert (await registry.job_started("p", "n0", "before")).admitted
+        assert (await registry.job_start("p", "n0", "before")).admitted
         if data_survives:
             await _save(fault_server.url)
         await asyncio.to_thread(fault_server.stop)
@@ -67,9 +67,9 @@ async def test_stopped_server_local_only_then_replay_and_normal(
         for load in (0.2, 0.9):
             beat = await registry.heartbeat("p", "n1", load=load, spec=spec(1))
             assert beat.journaled
-        admitted = await registry.job_started("p", "n2", "during")
+        admitted = await registry.job_start("p", "n2", "during")
         assert admitted.admitted and admitted.reason == "journaled"
-        assert await registry.job_finished("p", "n0", "before")
+        assert await registry.job_finish("p", "n0", "before")
         assert len(registry.journal) == 4  # register, one coalesced heartbeat, job_start, job_finish
 
         await asyncio.to_thread(fault_server.start)

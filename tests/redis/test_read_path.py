@@ -395,7 +395,7 @@ async def test_an_admission_is_assumed_at_once_and_an_older_event_does_not_undo_
             proxy.blackhole(True)
             beat = await writer.heartbeat(Heartbeat(pool=POOL, node_id="n1", load=0.9))  # held event
             assert beat.changed and beat.version == registered + 1
-            admission = await registry.job_started(POOL, "n1", "j1")
+            admission = await registry.job_start(POOL, "n1", "j1")
             assert admission.admitted and admission.version == registered + 2
             node = await registry.get_node(POOL, "n1")
             assert node is not None
@@ -426,20 +426,20 @@ async def test_an_admission_is_assumed_at_once_and_an_older_event_does_not_undo_
         await writer.close()
 
 
-async def test_job_finished_is_assumed_at_once(redis_url: str, ns: str, writer: RedisStore) -> None:
+async def test_job_finish_is_assumed_at_once(redis_url: str, ns: str, writer: RedisStore) -> None:
     async with LocklessRegistry(make_config(redis_url, ns)) as registry:
         await writer.register(spec("n1"))
         await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
-        admission = await registry.job_started(POOL, "n1", "j1")
+        admission = await registry.job_start(POOL, "n1", "j1")
         assert admission.admitted
-        assert await registry.job_finished(POOL, "n1", "j1")
+        assert await registry.job_finish(POOL, "n1", "j1")
         node = await registry.get_node(POOL, "n1")
         assert node is not None and node.current_jobs == 0 and node.version == admission.version + 1
-        assert not await registry.job_finished(POOL, "n1", "j1")  # idempotent
+        assert not await registry.job_finish(POOL, "n1", "j1")  # idempotent
 
 
 async def test_local_admissions_count_against_capacity_in_the_local_view(fault_server, ns: str) -> None:
-    # In LOCAL_ONLY, job_started admits against L1 and journals; the admission must show in
+    # In LOCAL_ONLY, job_start admits against L1 and journals; the admission must show in
     # L1 at once, or every later placement sees the node as free and admits past max_jobs.
     cfg = make_config(fault_server.url, ns, timeout=0.25)
     async with LocklessRegistry(cfg) as registry:
@@ -447,10 +447,10 @@ async def test_local_admissions_count_against_capacity_in_the_local_view(fault_s
         await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
         await asyncio.to_thread(fault_server.stop)
         await until(lambda: registry.mode is Mode.LOCAL_ONLY, "LOCAL_ONLY", timeout=10.0)
-        first = await registry.job_started(POOL, "n1", "a")
+        first = await registry.job_start(POOL, "n1", "a")
         assert (first.admitted, first.reason) == (True, "journaled")
         node = await registry.get_node(POOL, "n1")
         assert node is not None and node.current_jobs == 1
         assert (await registry.select_nodes(POOL)).picks == ()
-        second = await registry.job_started(POOL, "n1", "b")
+        second = await registry.job_start(POOL, "n1", "b")
         assert (second.admitted, second.reason) == (False, "full")

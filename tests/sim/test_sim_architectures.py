@@ -48,11 +48,11 @@ async def test_register_get_select_remove(registry: Registry) -> None:
 
 async def test_admission_control_and_idempotent_finish(registry: Registry) -> None:
     await registry.register_node(_spec(1, max_jobs=1))
-    assert (await registry.job_started("p", "n1", "j1")).admitted
-    refused = await registry.job_started("p", "n1", "j2")
+    assert (await registry.job_start("p", "n1", "j1")).admitted
+    refused = await registry.job_start("p", "n1", "j2")
     assert not refused.admitted and refused.reason == "full"
-    assert await registry.job_finished("p", "n1", "j1") is True
-    assert await registry.job_finished("p", "n1", "j1") is False
+    assert await registry.job_finish("p", "n1", "j1") is True
+    assert await registry.job_finish("p", "n1", "j1") is False
     placement = await registry.place_job("p", "j3")
     assert placement.node_id == "n1"
 

@@ -408,13 +408,13 @@ class RegistryMachine(RuleBasedStateMachine):
             existed = await registry.remove_node(op.pool, op.node)
             assert existed == bool(model.remove(op.pool, op.node)), f"{op}: existed={existed}"
         elif isinstance(op, JobStart):
-            got = await registry.job_started(op.pool, op.node, op.job)
+            got = await registry.job_start(op.pool, op.node, op.job)
             want = model.job_start(op.pool, op.node, op.job)
             observed = (got.admitted, got.reason, got.version, got.current_jobs, got.max_jobs)
             expected = (want.admitted, want.reason, want.version, want.current_jobs, want.max_jobs)
             assert observed == expected, f"{op}: admission {observed} != model {expected}"
         elif isinstance(op, JobFinish):
-            released = await registry.job_finished(op.pool, op.node, op.job)
+            released = await registry.job_finish(op.pool, op.node, op.job)
             assert released == model.job_finish(op.pool, op.node, op.job)[0], f"{op}: released={released}"
         else:  # pragma: no cover
             raise AssertionError(op)
@@ -844,7 +844,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 # Aim at a node with room in the local view: only those are admitted locally.
                 op = JobStart(op.inst, op.pool, free[NODE_IDS.index(op.node) % len(free)], op.job)
             local = registry.l1.peek(op.pool, op.node)
-            got = await registry.job_started(op.pool, op.node, op.job)
+            got = await registry.job_start(op.pool, op.node, op.job)
             placeable = local is not None and is_placeable(local)
             TALLY[f"local_admission:{got.reason}"] += 1
             assert got.admitted == placeable, f"{op}: local admission {got} with L1 {local}"
@@ -852,7 +852,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 assert got.reason == "journaled"
                 journal.append((op, None))
         elif isinstance(op, JobFinish):
-            assert await registry.job_finished(op.pool, op.node, op.job)
+            assert await registry.job_finish(op.pool, op.node, op.job)
             journal.append((op, None))
 
     @rule(duration=st.sampled_from((0.05, 0.3, 0.8)))

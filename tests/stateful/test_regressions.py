@@ -114,7 +114,7 @@ async def test_a_local_admission_redis_does_not_count_leaves_no_phantom_job(
     async with LocklessRegistry(cfg, instance="a") as a:
         await a.register_node(NodeSpec(node_id="n0", pool="p", max_jobs=2))
         if redis_says == "already_admitted":
-            assert (await a.job_started("p", "n0", "j1")).admitted
+            assert (await a.job_start("p", "n0", "j1")).admitted
         await eventually(
             lambda: a.last_seq("p") == (2 if redis_says == "already_admitted" else 1), 3.0, "events"
         )
@@ -123,7 +123,7 @@ async def test_a_local_admission_redis_does_not_count_leaves_no_phantom_job(
         await writer.client.save()
         await asyncio.to_thread(fault_server.stop)
         await eventually(lambda: a.mode is Mode.LOCAL_ONLY, 5.0, "LOCAL_ONLY")
-        local = await a.job_started("p", "n0", "j1")
+        local = await a.job_start("p", "n0", "j1")
         assert local.admitted and local.reason == "journaled"
         await asyncio.to_thread(fault_server.start)
         await eventually(lambda: a.mode is Mode.NORMAL and not len(a.journal), 8.0, "replay and recovery")
