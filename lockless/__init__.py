@@ -9,7 +9,11 @@ Typical use (one instance per scheduler process)::
         await registry.register_node(NodeSpec(node_id="n1", pool="gpu", max_jobs=4))
         placement = await registry.place_job("gpu", "job-1", Requirements())
 
-Modules are private; what is exported here is the public API.
+Modules are private; what is exported here is the public API. Besides the registry, the
+library's building blocks are public so that other architectures (the harness's
+baselines) can reuse exactly the same write path, selection and metrics: ``RedisStore``
+(every Lua script and read), ``select`` (placement selection over a pool view),
+``place`` (select-then-admit over any ``Registry``), ``Metrics``.
 """
 
 from lockless.config import (
@@ -21,7 +25,7 @@ from lockless.config import (
     SubscriberConfig,
 )
 from lockless.core.modes import Mode, ModeSwitch, ModeThresholds
-from lockless.core.selection import Selection
+from lockless.core.selection import PoolView, Selection, is_placeable, placement_key, select
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.errors import (
     ConfigError,
@@ -32,21 +36,37 @@ from lockless.errors import (
     StaleRead,
     UnknownPool,
 )
-from lockless.metrics import MetricsSnapshot
-from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, ReadResult, Registry
+from lockless.metrics import HistogramSummary, Metrics, MetricsSnapshot, new_histogram, to_prometheus
+from lockless.protocol import (
+    PLACEMENT_CANDIDATES,
+    Admission,
+    Heartbeat,
+    HeartbeatResult,
+    Placement,
+    ReadResult,
+    Registry,
+    place,
+)
+from lockless.redis.keys import KeySpace
+from lockless.redis.store import LogRead, PoolListing, RedisStore
 from lockless.registry import LocklessRegistry
 
 __all__ = [
+    "PLACEMENT_CANDIDATES",
     "Admission",
     "CacheConfig",
     "ConfigError",
     "Heartbeat",
     "HeartbeatResult",
+    "HistogramSummary",
     "JournalConfig",
     "JournalFull",
+    "KeySpace",
     "LocklessError",
     "LocklessRegistry",
+    "LogRead",
     "MalformedRecord",
+    "Metrics",
     "MetricsSnapshot",
     "Mode",
     "ModeSwitch",
@@ -55,8 +75,11 @@ __all__ = [
     "NodeSnapshot",
     "NodeSpec",
     "Placement",
+    "PoolListing",
+    "PoolView",
     "ReadResult",
     "RedisConfig",
+    "RedisStore",
     "RedisUnavailable",
     "Registry",
     "RegistryConfig",
@@ -65,4 +88,10 @@ __all__ = [
     "StaleRead",
     "SubscriberConfig",
     "UnknownPool",
+    "is_placeable",
+    "new_histogram",
+    "place",
+    "placement_key",
+    "select",
+    "to_prometheus",
 ]

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lockless.errors import ConfigError, LocklessError
+from lockless import ConfigError, LocklessError
 
 console = Console(stderr=True)
 

@@ -30,14 +30,30 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from lockless.config import RegistryConfig
-from lockless.core.modes import Mode, ModeSwitch
-from lockless.core.selection import Selection, is_placeable, placement_key, select
-from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
-from lockless.errors import ConfigError, RedisUnavailable, UnknownPool
-from lockless.metrics import Metrics, MetricsSnapshot
-from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, Registry, place
-from lockless.redis.store import RedisStore
+from lockless import (
+    Admission,
+    ConfigError,
+    Heartbeat,
+    HeartbeatResult,
+    Metrics,
+    MetricsSnapshot,
+    Mode,
+    ModeSwitch,
+    NodeSnapshot,
+    NodeSpec,
+    Placement,
+    RedisStore,
+    RedisUnavailable,
+    Registry,
+    RegistryConfig,
+    Requirements,
+    Selection,
+    UnknownPool,
+    is_placeable,
+    place,
+    placement_key,
+    select,
+)
 
 ARCHITECTURES = ("lockless", "locked", "direct")
 #: Records per pipelined HGETALL batch when a baseline reads a pool.
@@ -252,7 +268,7 @@ def build(name: str, config: RegistryConfig, *, instance: str | None = None) -> 
     """A registry of architecture ``name`` (``lockless`` | ``locked`` | ``direct``), not yet started."""
     if name == "lockless":
         # Imported lazily: the baselines must not depend on the library's cache being importable.
-        from lockless.registry import LocklessRegistry
+        from lockless import LocklessRegistry
 
         return LocklessRegistry(config, name="lockless", instance=instance)
     if name == "locked":

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockless.errors import ConfigError
+from lockless import ConfigError
 
 KINDS = ("count", "ratio", "absolute")
 BOUNDS = ("equals", "at_most", "at_least")

@@ -18,10 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from lockless.core.snapshot import NodeSnapshot
-from lockless.errors import LocklessError
-from lockless.protocol import Registry
-from lockless.redis.store import RedisStore
+from lockless import LocklessError, NodeSnapshot, RedisStore, Registry
 from sim.bridge import Bridge
 from sim.recorder import Recorder
 

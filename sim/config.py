@@ -20,8 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from lockless.config import RegistryConfig
-from lockless.errors import ConfigError
+from lockless import ConfigError, RegistryConfig
 
 ARCHITECTURES = ("lockless", "locked", "direct")
 DURATIONS = ("exponential", "fixed", "lognormal")

@@ -31,7 +31,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from lockless.protocol import Heartbeat, HeartbeatResult, Registry
+from lockless import Heartbeat, HeartbeatResult, Registry
 from sim.bridge import Bridge
 from sim.config import ExperimentConfig
 from sim.model.plan import Cluster, Kind, Op, Planner

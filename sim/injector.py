@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from lockless.errors import ConfigError
+from lockless import ConfigError
 from sim.config import FaultSpec
 from sim.model.plan import Kind, Op
 from sim.proxy import FaultProxy

@@ -39,10 +39,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from lockless.config import RedisConfig
-from lockless.core.snapshot import NodeSpec
-from lockless.protocol import Registry
-from lockless.redis.store import RedisStore
+from lockless import NodeSpec, RedisConfig, RedisStore, Registry
 from sim.architectures import build
 from sim.config import ExperimentConfig
 

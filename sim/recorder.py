@@ -22,7 +22,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from lockless.metrics import new_histogram
+from lockless import new_histogram
 
 #: Operations timed per architecture (``place`` is the registry's own place_job).
 OPS = ("select", "get", "heartbeat", "register", "remove", "job_start", "job_finish", "place")

@@ -39,7 +39,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from lockless.errors import LocklessError
+from lockless import LocklessError
 
 __all__ = ["RedisServer", "RedisServerError", "find_redis_server"]
 

@@ -46,11 +46,16 @@ from typing import Any
 
 import psutil
 
-from lockless.config import RegistryConfig
-from lockless.core.modes import Mode, ModeSwitch
-from lockless.core.snapshot import NodeSnapshot
-from lockless.errors import LocklessError
-from lockless.protocol import Admission, Heartbeat, HeartbeatResult
+from lockless import (
+    Admission,
+    Heartbeat,
+    HeartbeatResult,
+    LocklessError,
+    Mode,
+    ModeSwitch,
+    NodeSnapshot,
+    RegistryConfig,
+)
 
 _LEN = struct.Struct("!I")
 #: Registry methods the harness may call remotely (the dispatcher's whole vocabulary).

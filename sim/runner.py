@@ -42,10 +42,7 @@ from typing import Any
 
 import psutil
 
-from lockless.config import RegistryConfig
-from lockless.errors import ConfigError, LocklessError
-from lockless.protocol import Heartbeat, Registry
-from lockless.redis.store import RedisStore
+from lockless import ConfigError, Heartbeat, LocklessError, RedisStore, Registry, RegistryConfig
 from sim.architectures import build
 from sim.bridge import Bridge
 from sim.checks import ModeWatch, capacity_sweep, capacity_watch, converge, loop_watch

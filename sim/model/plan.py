@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import simpy
 
-from lockless.core.snapshot import NodeSpec, Requirements
+from lockless import NodeSpec, Requirements
 from sim.config import ExperimentConfig
 
 
