@@ -16,6 +16,7 @@ baselines) can reuse exactly the same write path, selection and metrics: ``Redis
 ``place`` (select-then-admit over any ``Registry``), ``Metrics``.
 """
 
+from lockless.clock import Clock, ManualClock, SystemClock
 from lockless.config import (
     CacheConfig,
     JournalConfig,
@@ -49,12 +50,13 @@ from lockless.protocol import (
 )
 from lockless.redis.keys import KeySpace
 from lockless.redis.store import LogRead, PoolListing, RedisStore
-from lockless.registry import LocklessRegistry
+from lockless.registry import LocklessRegistry, RegistryState
 
 __all__ = [
     "PLACEMENT_CANDIDATES",
     "Admission",
     "CacheConfig",
+    "Clock",
     "ConfigError",
     "Heartbeat",
     "HeartbeatResult",
@@ -66,6 +68,7 @@ __all__ = [
     "LocklessRegistry",
     "LogRead",
     "MalformedRecord",
+    "ManualClock",
     "Metrics",
     "MetricsSnapshot",
     "Mode",
@@ -83,10 +86,12 @@ __all__ = [
     "RedisUnavailable",
     "Registry",
     "RegistryConfig",
+    "RegistryState",
     "Requirements",
     "Selection",
     "StaleRead",
     "SubscriberConfig",
+    "SystemClock",
     "UnknownPool",
     "is_placeable",
     "new_histogram",

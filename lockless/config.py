@@ -9,12 +9,12 @@ allowed, so a typo in an experiment file fails loudly instead of running default
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from lockless.core.modes import ModeThresholds
+from lockless.core.validate import require_choice, require_int, require_number
 from lockless.errors import ConfigError
 
 POLICIES = ("power_of_two", "least_loaded")
@@ -22,14 +22,11 @@ STALE_READ_POLICIES = ("serve", "refuse")
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(name, value, "a number >= 0" if allow_zero else "a number > 0")
+    require_number(name, value, strict=not allow_zero)
 
 
 def _count(name: str, value: int, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(name, value, f"an integer >= {minimum}")
+    require_int(name, value, minimum=minimum)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,8 +85,7 @@ class NodeLifecycleConfig:
             raise ConfigError(
                 "nodes.ttl_s", self.ttl_s, f"a number > nodes.dead_after_s ({self.dead_after_s})"
             )
-        if not 0.0 <= self.load_tolerance <= 1.0:
-            raise ConfigError("nodes.load_tolerance", self.load_tolerance, "a number in [0, 1]")
+        require_number("nodes.load_tolerance", self.load_tolerance, maximum=1.0, allowed="a number in [0, 1]")
         _positive("nodes.reap_grace_s", self.reap_grace_s, allow_zero=True)
         _positive("nodes.reap_interval_s", self.reap_interval_s, allow_zero=True)
 
@@ -117,14 +113,13 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         _positive("cache.entry_ttl_s", self.entry_ttl_s)
-        if not 0.0 <= self.ttl_jitter < 1.0:
+        require_number("cache.ttl_jitter", self.ttl_jitter, maximum=1.0, allowed="a number in [0, 1)")
+        if self.ttl_jitter == 1.0:
             raise ConfigError("cache.ttl_jitter", self.ttl_jitter, "a number in [0, 1)")
         _positive("cache.negative_ttl_s", self.negative_ttl_s, allow_zero=True)
-        if self.policy not in POLICIES:
-            raise ConfigError("cache.policy", self.policy, " | ".join(POLICIES))
+        require_choice("cache.policy", self.policy, POLICIES)
         _positive("cache.staleness_bound_s", self.staleness_bound_s)
-        if self.stale_reads not in STALE_READ_POLICIES:
-            raise ConfigError("cache.stale_reads", self.stale_reads, " | ".join(STALE_READ_POLICIES))
+        require_choice("cache.stale_reads", self.stale_reads, STALE_READ_POLICIES)
         _positive("cache.version_check_budget_s", self.version_check_budget_s)
 
 

@@ -40,6 +40,7 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "journal_appends": "Writes journaled while LOCAL_ONLY.",
         "journal_replays": "Journaled writes replayed after recovery.",
         "journal_rejections": "Writes refused because the journal was full.",
+        "replay_rejections": "Journaled admissions Redis refused on replay (the job must be placed again).",
         "admissions": "job_start calls admitted.",
         "rejections": "job_start calls rejected (full, draining, not alive).",
         "reaped": "Nodes removed by this instance's reaper.",

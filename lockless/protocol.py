@@ -17,10 +17,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from lockless.core.commands import Heartbeat
 from lockless.core.modes import Mode, ModeSwitch
 from lockless.core.selection import Selection
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.metrics import MetricsSnapshot
+
+__all__ = [
+    "PLACEMENT_CANDIDATES",
+    "Admission",
+    "Heartbeat",
+    "HeartbeatResult",
+    "Placement",
+    "ReadResult",
+    "Registry",
+    "place",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,19 +63,6 @@ class HeartbeatResult:
     recreated: bool = False
     #: True when Redis was unreachable and the heartbeat went to the local journal.
     journaled: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Heartbeat:
-    """One node's heartbeat, as batched by ``heartbeat_many``."""
-
-    pool: str
-    node_id: str
-    load: float = 0.0
-    #: The job ids the node reports running; when given, they replace the node's job set.
-    running_jobs: Sequence[str] | None = None
-    #: Used to re-create the node if Redis no longer knows it.
-    spec: NodeSpec | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

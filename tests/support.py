@@ -68,3 +68,9 @@ async def eventually_async(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+def version_in(registry, pool: str, node_id: str) -> int:
+    """The version of the node in the registry's L1 (0 if it holds none)."""
+    node = registry.cached(pool, node_id)
+    return node.version if node is not None else 0

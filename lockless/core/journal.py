@@ -24,33 +24,20 @@ Three rules shape it:
   after the job delta it may reflect.
 
 Replay resumes where it stopped: the registry takes :meth:`WriteJournal.pending`, runs
-each entry and :meth:`WriteJournal.ack`-s it only once Redis has applied it. A new
-failure mid-replay leaves the unacknowledged rest in place for the next attempt.
+each entry's command and :meth:`WriteJournal.ack`-s it only once Redis has applied it. A
+new failure mid-replay leaves the unacknowledged rest in place for the next attempt.
+
+Entries hold the write commands themselves (``lockless.core.commands``): what is
+replayed is exactly what would have been sent live.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 
+from lockless.core.commands import Heartbeat, WriteCommand
 from lockless.errors import ConfigError, JournalFull
-
-#: Writes that can be journaled: the registry's write scripts (``reap`` is never
-#: journaled; the reaper does not run while Redis is unreachable).
-JOURNAL_OPS = frozenset({"register", "heartbeat", "remove", "job_start", "job_finish"})
-
-_ALLOWED_OPS = " | ".join(sorted(JOURNAL_OPS))
-_EMPTY_PAYLOAD: Mapping[str, object] = MappingProxyType({})
-
-
-def _freeze(payload: Mapping[str, object] | None) -> Mapping[str, object]:
-    # A shallow copy behind a read-only view: the caller may reuse its dict afterwards
-    # without rewriting history. Values are expected to be immutable themselves.
-    if not payload:
-        return _EMPTY_PAYLOAD
-    return MappingProxyType(dict(payload))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,25 +46,27 @@ class JournalEntry:
 
     #: Local order of the entry (increasing; kept when a heartbeat is coalesced into it).
     index: int
-    #: ``register`` | ``heartbeat`` | ``remove`` | ``job_start`` | ``job_finish``
-    op: str
-    pool: str
-    node_id: str
-    #: The script arguments for the write, e.g. ``{"job_id": "j-17"}``; read-only.
-    payload: Mapping[str, object] = field(default_factory=lambda: _EMPTY_PAYLOAD)
+    #: The write itself, replayed as it is.
+    command: WriteCommand
     #: The caller's ``now`` (monotonic seconds) when the write was journaled.
     at: float
 
     def __post_init__(self) -> None:
         if not isinstance(self.index, int) or isinstance(self.index, bool) or self.index < 0:
             raise ConfigError("index", self.index, "an integer >= 0")
-        if self.op not in JOURNAL_OPS:
-            raise ConfigError("op", self.op, _ALLOWED_OPS)
-        for name in ("pool", "node_id"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(name, value, "a non-empty string")
-        object.__setattr__(self, "payload", _freeze(self.payload))
+
+    @property
+    def op(self) -> str:
+        """The write's op (``register`` | ``heartbeat`` | ``remove`` | ``job_start`` | ``job_finish``)."""
+        return self.command.op
+
+    @property
+    def pool(self) -> str:
+        return self.command.pool
+
+    @property
+    def node_id(self) -> str:
+        return self.command.node_id
 
 
 class WriteJournal:
@@ -107,11 +96,6 @@ class WriteJournal:
         return self._capacity
 
     @property
-    def depth(self) -> int:
-        """Entries waiting to be replayed."""
-        return len(self._order)
-
-    @property
     def rejected(self) -> int:
         """Writes refused with :class:`~lockless.errors.JournalFull`, ever."""
         return self._rejected
@@ -125,30 +109,24 @@ class WriteJournal:
         """The depth: entries waiting to be replayed."""
         return len(self._order)
 
-    def append(
-        self,
-        op: str,
-        pool: str,
-        node_id: str,
-        payload: Mapping[str, object] | None = None,
-        *,
-        now: float,
-    ) -> JournalEntry:
+    def append(self, command: WriteCommand, *, now: float) -> JournalEntry:
         """Journal one write and return its entry (for a coalesced heartbeat, the updated one).
 
-        Raises :class:`~lockless.errors.ConfigError` (a ``ValueError``) naming the
-        allowed ops for an unknown ``op``, and :class:`~lockless.errors.JournalFull`
-        when the journal is full; in both cases the journal is unchanged.
+        Raises :class:`~lockless.errors.ConfigError` (a ``ValueError``) for something that
+        is not a write command, and :class:`~lockless.errors.JournalFull` when the journal
+        is full; in both cases the journal is unchanged.
         """
-        if op not in JOURNAL_OPS:
-            raise ConfigError("op", op, _ALLOWED_OPS)
-        key = (pool, node_id)
+        if not isinstance(command, WriteCommand):
+            raise ConfigError("command", command, "a write command (Register | Heartbeat | Remove | ...)")
+        key = (command.pool, command.node_id)
         newest = self._newest.get(key)
-        if op == "heartbeat" and newest is not None and self._entries[newest].op == "heartbeat":
+        if (
+            isinstance(command, Heartbeat)
+            and newest is not None
+            and isinstance(self._entries[newest].command, Heartbeat)
+        ):
             # Same index, so the entry keeps its place in the replay order.
-            entry = JournalEntry(
-                index=newest, op=op, pool=pool, node_id=node_id, payload=_freeze(payload), at=now
-            )
+            entry = JournalEntry(index=newest, command=command, at=now)
             self._entries[newest] = entry
             self._coalesced += 1
             return entry
@@ -157,10 +135,7 @@ class WriteJournal:
         if len(self._order) >= self._capacity:
             self._rejected += 1
             raise JournalFull(self._capacity)
-        # Built before any state changes, so a bad pool or node id leaves the journal intact.
-        entry = JournalEntry(
-            index=self._next_index, op=op, pool=pool, node_id=node_id, payload=_freeze(payload), at=now
-        )
+        entry = JournalEntry(index=self._next_index, command=command, at=now)
         self._next_index += 1
         self._entries[entry.index] = entry
         self._order.append(entry.index)
@@ -170,6 +145,10 @@ class WriteJournal:
     def pending(self) -> tuple[JournalEntry, ...]:
         """The replay plan: every journaled entry, oldest first."""
         return tuple(self._entries.values())
+
+    def head(self) -> JournalEntry | None:
+        """The oldest pending entry (the next to replay), or None when the journal is empty."""
+        return self._entries[self._order[0]] if self._order else None
 
     def ack(self, entry: JournalEntry) -> bool:
         """Mark ``entry``, the oldest pending one, as applied by Redis.
@@ -186,7 +165,7 @@ class WriteJournal:
             head = self._order[0] if self._order else None
             raise ValueError(f"ack out of order: entry {entry.index} acked, oldest pending is {head}")
         # Compared by value, not identity: an entry rebuilt from the same fields is the
-        # same write. A coalesced heartbeat differs in payload or time, hence is newer.
+        # same write. A coalesced heartbeat differs in its command or time, hence is newer.
         current = self._entries[entry.index]
         if current != entry:
             return False

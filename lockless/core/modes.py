@@ -69,11 +69,11 @@ decides a mode itself.
 from __future__ import annotations
 
 import enum
-import math
 from collections import deque
 from dataclasses import dataclass
 
-from lockless.errors import ConfigError, LocklessError
+from lockless.core.validate import require_int, require_number
+from lockless.errors import LocklessError
 
 
 class Mode(enum.Enum):
@@ -198,27 +198,6 @@ class ModeSwitch:
             raise ValueError(f"a switch must change the mode (both are {self.from_mode.name})")
 
 
-def _check_int(name: str, value: object) -> None:
-    """Raise ConfigError for ``modes.<name>`` unless ``value`` is an integer >= 1."""
-    # bool is an int subclass; `failures_to_local = True` is a typo, not a threshold of 1.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"modes.{name}", value, "an integer >= 1")
-
-
-def _check_seconds(name: str, value: object, minimum: float, allowed: str) -> None:
-    """Raise ConfigError for ``modes.<name>`` unless ``value`` is finite, > 0 and >= ``minimum``."""
-    # NaN compares false with everything, so it would slip through the range checks
-    # below; an infinite interval would mean "never probe again". Both are refused.
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < minimum
-        or value <= 0
-    ):
-        raise ConfigError(f"modes.{name}", value, allowed)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModeThresholds:
     """Hysteresis and probe timing of the mode machine (the ``modes`` config section)."""
@@ -233,15 +212,20 @@ class ModeThresholds:
     probe_backoff_max_s: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_int("failures_to_local", self.failures_to_local)
-        _check_int("probes_to_recover", self.probes_to_recover)
-        _check_seconds("probe_interval_s", self.probe_interval_s, 0.0, "a finite number of seconds > 0")
-        # Checked second, so its bound can quote a probe interval known to be valid.
-        _check_seconds(
-            "probe_backoff_max_s",
-            self.probe_backoff_max_s,
+        require_int("modes.failures_to_local", self.failures_to_local, minimum=1)
+        require_int("modes.probes_to_recover", self.probes_to_recover, minimum=1)
+        require_number(
+            "modes.probe_interval_s",
             self.probe_interval_s,
-            f"a finite number of seconds >= modes.probe_interval_s ({self.probe_interval_s})",
+            strict=True,
+            allowed="a finite number of seconds > 0",
+        )
+        # Checked second, so its bound can quote a probe interval known to be valid.
+        require_number(
+            "modes.probe_backoff_max_s",
+            self.probe_backoff_max_s,
+            minimum=self.probe_interval_s,
+            allowed=f"a finite number of seconds >= modes.probe_interval_s ({self.probe_interval_s})",
         )
 
 
@@ -260,8 +244,7 @@ class ModeController:
     def __init__(
         self, thresholds: ModeThresholds = DEFAULT_THRESHOLDS, *, now: float, history: int = 1000
     ) -> None:
-        if not isinstance(history, int) or isinstance(history, bool) or history < 1:
-            raise ConfigError("history", history, "an integer >= 1")
+        require_int("history", history, minimum=1)
         self._thresholds = thresholds
         self._mode = Mode.NORMAL
         self._mode_since = now

@@ -1,27 +1,49 @@
-"""Every Lua script of the write path, one per mutation (DESIGN.md section 3).
+"""Every Lua script of the write path, one per mutation, and the code that fills their arguments.
 
-Each script runs atomically in one round trip. A mutation that changes what placement
-reads bumps the pool ``seq``, stamps it on the node as ``version``, applies the change,
-refreshes TTLs, appends the event to the pool log under the explicit id ``<seq>-0`` and
-PUBLISHes the same document. Timestamps come from Redis ``TIME``: client clocks disagree.
+Each script runs atomically in one round trip (DESIGN.md section 3). A mutation that
+changes what placement reads bumps the pool ``seq``, stamps it on the node as
+``version``, applies the change, refreshes TTLs, appends the event to the pool log under
+the explicit id ``<seq>-0`` and PUBLISHes the same document. Timestamps come from Redis
+``TIME``: client clocks disagree.
 
 Every script is safe to repeat. redis-py may resend a command after a connection error,
 and the LOCAL_ONLY journal replays writes after an outage, so a script that ran twice
 must change nothing the second time: jobs are keyed by job id, heartbeats are
 absolute, removal of a missing node is a no-op.
 
-Shared contract (the order :meth:`KeySpace.script_keys` builds):
+Shared contract of the single-node scripts (the KEYS order :meth:`KeySpace.script_keys`
+builds, the ARGV order :meth:`ScriptArgs.base` builds)::
 
     KEYS[1] node hash          KEYS[2] node job set       KEYS[3] pool alive zset
     KEYS[4] pool seq           KEYS[5] pool epoch         KEYS[6] pool log stream
     ARGV[1] events channel     ARGV[2] pool name          ARGV[3] node id
     ARGV[4] epoch token (set only if the pool has none)   ARGV[5] log max length
     ARGV[6] node TTL (ms)      ARGV[7..] per script, listed in its header
+
+Every script starts by naming its pool's keys in a table ``P`` (seq, epoch, log,
+channel, pool, token, log_max), which the shared pool functions (``next_seq``, ``emit``)
+use: ``REAP``, whose KEYS differ, shares them instead of restating them.
+:class:`ScriptArgs` (pure, below the scripts) builds each call's KEYS and ARGV, so the
+numbers in a header and the code that fills them sit together.
 """
 
 from __future__ import annotations
 
-_PRELUDE = r"""
+from dataclasses import dataclass
+from typing import Any
+
+from lockless.core.commands import Heartbeat
+from lockless.core.snapshot import NodeSpec
+from lockless.redis.keys import KeySpace
+
+#: The pool context of a single-node script (see the module docstring).
+_NODE_POOL = r"""
+local P = {seq = KEYS[4], epoch = KEYS[5], log = KEYS[6],
+           channel = ARGV[1], pool = ARGV[2], token = ARGV[4], log_max = ARGV[5]}
+"""
+
+#: Functions every script shares; they read the pool context ``P``.
+_POOL_FUNCTIONS = r"""
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -30,16 +52,27 @@ end
 -- back without it, the next mutation sets a new one, and readers see the change.
 -- The token is the writer's random id plus the server time, so that the same writer
 -- re-creating a pool after data loss still makes a new epoch.
-local function ensure_epoch(key, token)
-  if redis.call('EXISTS', key) == 0 then
-    local t = redis.call('TIME')
-    redis.call('SET', key, token .. '-' .. t[1] .. '.' .. t[2])
-  end
-end
 local function next_seq()
-  ensure_epoch(KEYS[5], ARGV[4])
-  return redis.call('INCR', KEYS[4])
+  if redis.call('EXISTS', P.epoch) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', P.epoch, P.token .. '-' .. t[1] .. '.' .. t[2])
+  end
+  return redis.call('INCR', P.seq)
 end
+-- ts_us: server time in microseconds as the event leaves, a string (cjson keeps only 14
+-- significant digits of a number): where propagation delay starts, without ms rounding.
+local function emit(seq, op, node, version, ts, rec)
+  local t = redis.call('TIME')
+  local doc = cjson.encode({seq = seq, op = op, pool = P.pool, node = node, version = version,
+                            ts = ts, ts_us = t[1] .. string.format('%06d', tonumber(t[2])),
+                            epoch = redis.call('GET', P.epoch), rec = rec})
+  redis.call('XADD', P.log, 'MAXLEN', '~', P.log_max, seq .. '-0', 'e', doc)
+  redis.call('PUBLISH', P.channel, doc)
+end
+"""
+
+#: Functions of the single-node scripts: the node record, its TTLs, its liveness.
+_NODE_FUNCTIONS = r"""
 local function record()
   local flat = redis.call('HGETALL', KEYS[1])
   local rec = {}
@@ -50,16 +83,6 @@ local function touch()
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
 end
--- ts_us: server time in microseconds as the event leaves, a string (cjson keeps only 14
--- significant digits of a number): where propagation delay starts, without ms rounding.
-local function emit(seq, op, version, ts, rec)
-  local t = redis.call('TIME')
-  local doc = cjson.encode({seq = seq, op = op, pool = ARGV[2], node = ARGV[3], version = version,
-                            ts = ts, ts_us = t[1] .. string.format('%06d', tonumber(t[2])),
-                            epoch = redis.call('GET', KEYS[5]), rec = rec})
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], seq .. '-0', 'e', doc)
-  redis.call('PUBLISH', ARGV[1], doc)
-end
 local function write_record(seq, ts, status, max_jobs, load, resources, labels)
   redis.call('HSET', KEYS[1], 'version', seq, 'status', status, 'max_jobs', max_jobs,
              'current_jobs', redis.call('SCARD', KEYS[2]), 'load', load,
@@ -68,6 +91,8 @@ local function write_record(seq, ts, status, max_jobs, load, resources, labels)
   touch()
 end
 """
+
+_PRELUDE = _NODE_POOL + _POOL_FUNCTIONS + _NODE_FUNCTIONS
 
 # ARGV[7] status  ARGV[8] max_jobs  ARGV[9] load  ARGV[10] resources JSON  ARGV[11] labels JSON
 # A re-registering node keeps the job ids admitted on it (current_jobs = their count): a node
@@ -79,7 +104,7 @@ REGISTER = (
 local ts = now_ms()
 local seq = next_seq()
 write_record(seq, ts, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
-emit(seq, 'register', seq, ts, record())
+emit(seq, 'register', ARGV[3], seq, ts, record())
 return seq
 """
 )
@@ -102,7 +127,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     for i = 16, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
   end
   write_record(seq, ts, ARGV[12], ARGV[13], ARGV[7], ARGV[14], ARGV[15])
-  emit(seq, 'register', seq, ts, record())
+  emit(seq, 'register', ARGV[3], seq, ts, record())
   return {seq, 1, 1}
 end
 redis.call('ZADD', KEYS[3], ts, ARGV[3])
@@ -136,7 +161,7 @@ if not changed then
 end
 local seq = next_seq()
 redis.call('HSET', KEYS[1], 'version', seq)
-emit(seq, 'heartbeat', seq, ts, record())
+emit(seq, 'heartbeat', ARGV[3], seq, ts, record())
 return {seq, 1, 0}
 """
 )
@@ -150,7 +175,7 @@ local existed = redis.call('DEL', KEYS[1]) + redis.call('ZREM', KEYS[3], ARGV[3]
 redis.call('DEL', KEYS[2])
 if existed == 0 then return 0 end
 local seq = next_seq()
-emit(seq, 'remove', seq, now_ms(), nil)
+emit(seq, 'remove', ARGV[3], seq, now_ms(), nil)
 return seq
 """
 )
@@ -179,7 +204,7 @@ cur = redis.call('HINCRBY', KEYS[1], 'current_jobs', 1)
 local seq = next_seq()
 redis.call('HSET', KEYS[1], 'version', seq)
 touch()
-emit(seq, 'job_start', seq, ts, record())
+emit(seq, 'job_start', ARGV[3], seq, ts, record())
 return {1, 'admitted', seq, cur, max}
 """
 )
@@ -205,7 +230,7 @@ end
 local seq = next_seq()
 redis.call('HSET', KEYS[1], 'version', seq)
 touch()
-emit(seq, 'job_finish', seq, now_ms(), record())
+emit(seq, 'job_finish', ARGV[3], seq, now_ms(), record())
 return {1, seq, cur}
 """
 )
@@ -216,29 +241,25 @@ return {1, seq, cur}
 # Node keys are built from prefixes that carry the pool's hash tag, so they share the slot.
 # Concurrent reapers are safe: a node is removed (and announced) by exactly one of them.
 # returns: the reaped node ids
-REAP = r"""
-local function ensure_epoch(key, token)
-  if redis.call('EXISTS', key) == 0 then
-    local t = redis.call('TIME')
-    redis.call('SET', key, token .. '-' .. t[1] .. '.' .. t[2])
-  end
-end
-local t = redis.call('TIME')
-local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+REAP = (
+    r"""
+local P = {seq = KEYS[2], epoch = KEYS[3], log = KEYS[4],
+           channel = ARGV[1], pool = ARGV[2], token = ARGV[3], log_max = ARGV[4]}
+"""
+    + _POOL_FUNCTIONS
+    + r"""
+local ts = now_ms()
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (ts - tonumber(ARGV[5])),
                         'LIMIT', 0, tonumber(ARGV[8]))
 for _, id in ipairs(dead) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('DEL', ARGV[6] .. id, ARGV[7] .. id)
-  ensure_epoch(KEYS[3], ARGV[3])
-  local seq = redis.call('INCR', KEYS[2])
-  local doc = cjson.encode({seq = seq, op = 'reap', pool = ARGV[2], node = id,
-                            version = seq, ts = ts, epoch = redis.call('GET', KEYS[3])})
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', doc)
-  redis.call('PUBLISH', ARGV[1], doc)
+  local seq = next_seq()
+  emit(seq, 'reap', id, seq, ts, nil)
 end
 return dead
 """
+)
 
 #: Name -> body, loaded together by the store.
 ALL: dict[str, str] = {
@@ -249,3 +270,79 @@ ALL: dict[str, str] = {
     "job_finish": JOB_FINISH,
     "reap": REAP,
 }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScriptArgs:
+    """KEYS and ARGV of every script call, built from the store's settings. Pure.
+
+    Each method returns ``(keys, argv)`` in the order its script's header documents.
+    """
+
+    keys: KeySpace
+    #: This writer's random id: used only if its write is the one that creates the pool's epoch.
+    epoch_token: str
+    #: ``XADD MAXLEN ~`` of the pool logs.
+    log_max_len: int
+    #: TTL refreshed on every write of a node key (ms).
+    ttl_ms: int
+    #: A node whose last heartbeat is older than this is dead (ms).
+    dead_ms: int
+    #: A heartbeat whose load moved less than this is quiet.
+    load_tolerance: float
+    #: The seed's behaviour: every heartbeat makes a version and an event.
+    publish_every_heartbeat: bool = False
+
+    def base(self, pool: str, node_id: str) -> list[str]:
+        """ARGV[1..6] of the single-node scripts."""
+        return [
+            self.keys.events(pool),
+            pool,
+            node_id,
+            self.epoch_token,
+            str(self.log_max_len),
+            str(self.ttl_ms),
+        ]
+
+    def register(self, spec: NodeSpec) -> tuple[list[str], list[Any]]:
+        f = spec.to_hash_fields()
+        argv = [*self.base(spec.pool, spec.node_id), f["status"], f["max_jobs"], f["load"]]
+        argv += [f["resources"], f["labels"]]
+        return self.keys.script_keys(spec.pool, spec.node_id), argv
+
+    def heartbeat(self, beat: Heartbeat) -> tuple[list[str], list[Any]]:
+        argv: list[Any] = self.base(beat.pool, beat.node_id)
+        argv += [repr(float(beat.load)), repr(self.load_tolerance)]
+        argv.append("1" if self.publish_every_heartbeat else "0")
+        argv.append("0" if beat.running_jobs is None else "1")
+        if beat.spec is not None:
+            f = beat.spec.to_hash_fields()
+            argv += ["1", f["status"], f["max_jobs"], f["resources"], f["labels"]]
+        else:
+            argv += ["0", "", "", "", ""]
+        if beat.running_jobs is not None:
+            # A set: duplicates would make the script's size comparison see a change every time.
+            argv += sorted(set(beat.running_jobs))
+        return self.keys.script_keys(beat.pool, beat.node_id), argv
+
+    def remove(self, pool: str, node_id: str) -> tuple[list[str], list[Any]]:
+        return self.keys.script_keys(pool, node_id), self.base(pool, node_id)
+
+    def job_start(self, pool: str, node_id: str, job_id: str) -> tuple[list[str], list[Any]]:
+        return self.keys.script_keys(pool, node_id), [*self.base(pool, node_id), job_id, str(self.dead_ms)]
+
+    def job_finish(self, pool: str, node_id: str, job_id: str) -> tuple[list[str], list[Any]]:
+        return self.keys.script_keys(pool, node_id), [*self.base(pool, node_id), job_id]
+
+    def reap(self, pool: str, limit: int) -> tuple[list[str], list[Any]]:
+        argv = [
+            self.keys.events(pool),
+            pool,
+            self.epoch_token,
+            str(self.log_max_len),
+            str(self.dead_ms),
+            self.keys.node_prefix(pool),
+            self.keys.jobs_prefix(pool),
+            str(limit),
+        ]
+        return self.keys.reap_keys(pool), argv

@@ -1,45 +1,41 @@
-"""RedisStore: every Redis command the library sends, and the one place errors are translated.
+"""RedisStore: every Redis command the library sends.
 
-The store is I/O only: it decides nothing about caching or modes. It owns a bounded,
-blocking connection pool with timeouts always set and retries set explicitly (DESIGN.md
-section 9), calls the Lua scripts by SHA and reloads them on ``NOSCRIPT`` (a restarted
-server forgot them), and converts redis-py and OS errors into
-:class:`~lockless.errors.RedisUnavailable` with ``raise ... from exc``.
+The store is I/O only: it decides nothing about caching or modes. Its parts:
 
-Scripts are not called through redis-py's ``Script`` objects inside pipelines: the
-pipeline runs ``SCRIPT EXISTS`` before every execution, a second round trip per batch.
-``_evalsha`` and ``_pipeline_evalsha`` send ``EVALSHA`` directly and load on ``NOSCRIPT``;
-every script is idempotent, so re-sending a batch after loading is safe.
+* the client from :func:`lockless.redis.client.make_client` (the connection factory),
+  and :func:`~lockless.redis.client.guarded`, which times every call and translates
+  redis-py and OS errors into :class:`~lockless.errors.RedisUnavailable`;
+* a :class:`~lockless.redis.runner.ScriptRunner` calling the Lua scripts by SHA (one
+  reload on ``NOSCRIPT``), with :class:`~lockless.redis.scripts.ScriptArgs` filling
+  their KEYS and ARGV;
+* the reads: node records (``HGETALL``), pool positions (``seq``/``epoch``), relists and
+  log reads, decoded by ``lockless.core.snapshot``.
+
+:meth:`RedisStore.send` runs one write command (``lockless.core.commands``): the write
+path and the journal replay both go through it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from lockless.config import NodeLifecycleConfig, RedisConfig
+from lockless.core.commands import Heartbeat, JobFinish, JobStart, Register, Remove, WriteCommand
 from lockless.core.snapshot import ChangeEvent, NodeSnapshot, NodeSpec, parse_event, parse_node_hash
-from lockless.errors import MalformedRecord, RedisUnavailable
+from lockless.errors import MalformedRecord
 from lockless.metrics import Metrics
-from lockless.protocol import Admission, Heartbeat, HeartbeatResult
-from lockless.redis import scripts
+from lockless.protocol import Admission, HeartbeatResult
+from lockless.redis.client import guarded, make_client
 from lockless.redis.keys import KeySpace
-from lockless.redis.packing import with_c_packing
-
-T = TypeVar("T")
-
-#: Errors that mean "Redis is not answering", as opposed to a bug in what we sent.
-_UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+from lockless.redis.runner import ScriptRunner
+from lockless.redis.scripts import ScriptArgs
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +59,8 @@ class LogRead:
     malformed: tuple[MalformedRecord, ...] = ()
 
 
-def _sha(body: str) -> str:
-    return hashlib.sha1(body.encode()).hexdigest()
+#: What ``job_finish`` answers: (released, node version, current_jobs); version 0 = unknown node.
+FinishReply = tuple[bool, int, int]
 
 
 class RedisStore:
@@ -77,195 +73,93 @@ class RedisStore:
         *,
         metrics: Metrics | None = None,
         client: aioredis.Redis | None = None,
+        keys: KeySpace | None = None,
     ) -> None:
         self.config = redis_config
         self.nodes = nodes or NodeLifecycleConfig()
-        self.keys = KeySpace(redis_config.namespace)
+        self.keys = keys or KeySpace(redis_config.namespace)
         self.metrics = metrics or Metrics()
-        self._ttl_ms = str(int(self.nodes.ttl_s * 1000))
-        self._dead_ms = str(int(self.nodes.dead_after_s * 1000))
-        self._log_max = str(redis_config.log_max_len)
-        # One token per store: only used if this store's write is the one that creates the pool.
-        self._epoch_token = uuid.uuid4().hex
-        self._shas = {name: _sha(body) for name, body in scripts.ALL.items()}
-        self.client = client or self.make_client(redis_config)
+        self.args = ScriptArgs(
+            keys=self.keys,
+            # One token per store: only used if this store's write is the one that creates the pool.
+            epoch_token=uuid.uuid4().hex,
+            log_max_len=redis_config.log_max_len,
+            ttl_ms=int(self.nodes.ttl_s * 1000),
+            dead_ms=int(self.nodes.dead_after_s * 1000),
+            load_tolerance=self.nodes.load_tolerance,
+            publish_every_heartbeat=self.nodes.publish_every_heartbeat,
+        )
+        self.client = client or make_client(redis_config)
+        self.scripts = ScriptRunner(self.client, self.metrics)
 
-    @staticmethod
-    def make_client(cfg: RedisConfig, **overrides: Any) -> aioredis.Redis:
-        """A client with the house settings: timeouts, bounded blocking pool, explicit retries."""
-        kwargs: dict[str, Any] = {
-            "max_connections": cfg.max_connections,
-            "timeout": cfg.pool_timeout_s,
-            "socket_timeout": cfg.socket_timeout_s,
-            "socket_connect_timeout": cfg.connect_timeout_s,
-            "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), cfg.retries),
-            "decode_responses": True,
-            # A record holding bytes that are not UTF-8 must reach the codec (which rejects it
-            # as a MalformedRecord naming the field), not fail inside redis-py's reply decoding.
-            "encoding_errors": "surrogateescape",
-        }
-        kwargs.update(overrides)
-        pool = aioredis.BlockingConnectionPool.from_url(cfg.url, **kwargs)
-        # (from_url chose the class for the scheme: TCP, TLS or unix socket.)
-        pool.connection_class = with_c_packing(pool.connection_class)
-        return aioredis.Redis(connection_pool=pool)
+    #: The connection factory (kept here for callers that build a client beside a store).
+    make_client = staticmethod(make_client)
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    # ------------------------------------------------------------ plumbing
-    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        start = time.perf_counter()
-        try:
-            result = await fn()
-        except ResponseError as exc:
-            if isinstance(exc, NoScriptError) or "BUSY" in str(exc) or "LOADING" in str(exc):
-                self.metrics.inc("redis_errors")
-                raise RedisUnavailable(f"{what}: {exc}") from exc
-            raise
-        except _UNAVAILABLE as exc:
-            self.metrics.inc("redis_errors")
-            raise RedisUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-        self.metrics.observe_us("redis_latency_us", (time.perf_counter() - start) * 1e6)
-        return result
-
     async def load_scripts(self) -> None:
         """Load every script (idempotent; done lazily on NOSCRIPT as well)."""
+        await self.scripts.load_all()
 
-        async def load() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for body in scripts.ALL.values():
-                pipe.script_load(body)
-            await pipe.execute()
-
-        await self._call("SCRIPT LOAD", load)
-
-    async def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        sha = self._shas[name]
-
-        async def run() -> Any:
-            try:
-                return await self.client.evalsha(sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await self.client.script_load(scripts.ALL[name])
-                return await self.client.evalsha(sha, len(keys), *keys, *args)
-
-        return await self._call(name, run)
-
-    async def _pipeline_evalsha(
-        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list:
-        sha = self._shas[name]
-
-        async def run() -> list:
-            for attempt in (0, 1):
-                pipe = self.client.pipeline(transaction=False)
-                for keys, args in calls:
-                    pipe.evalsha(sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
-                if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                    await self.client.script_load(scripts.ALL[name])
-                    continue
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-                return replies
-            raise AssertionError("unreachable")
-
-        return await self._call(f"{name} x{len(calls)}", run)
-
-    def _base_args(self, pool: str, node_id: str) -> list[str]:
-        return [self.keys.events(pool), pool, node_id, self._epoch_token, self._log_max, self._ttl_ms]
+    async def _guarded(self, what: str, fn: Any) -> Any:
+        return await guarded(what, fn, self.metrics)
 
     # --------------------------------------------------------------- writes
+    async def send(self, command: WriteCommand) -> int | HeartbeatResult | Admission | FinishReply:
+        """Run one write command; returns what its method below returns."""
+        match command:
+            case Register(spec=spec):
+                return await self.register(spec)
+            case Heartbeat():
+                return await self.heartbeat(command)
+            case Remove(pool=pool, node_id=node_id):
+                return await self.remove(pool, node_id)
+            case JobStart(pool=pool, node_id=node_id, job_id=job_id):
+                return await self.job_start(pool, node_id, job_id)
+            case JobFinish(pool=pool, node_id=node_id, job_id=job_id):
+                return await self.job_finish(pool, node_id, job_id)
+        raise TypeError(f"not a write command: {command!r}")
+
     async def register(self, spec: NodeSpec) -> int:
         """Create or replace ``spec``'s record; returns its new version."""
-        f = spec.to_hash_fields()
-        args = [*self._base_args(spec.pool, spec.node_id), f["status"], f["max_jobs"], f["load"]]
-        args += [f["resources"], f["labels"]]
-
-        async def run() -> int:
-            for attempt in (0, 1):
-                # The pools set lives outside the pool's slot, so it is not touched by the script;
-                # pipelining keeps the registration one round trip.
-                pipe = self.client.pipeline(transaction=False)
-                pipe.sadd(self.keys.pools(), spec.pool)
-                pipe.evalsha(
-                    self._shas["register"], 6, *self.keys.script_keys(spec.pool, spec.node_id), *args
-                )
-                replies = await pipe.execute(raise_on_error=False)
-                if attempt == 0 and isinstance(replies[1], NoScriptError):
-                    await self.client.script_load(scripts.REGISTER)
-                    continue
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-                return int(replies[1])
-            raise AssertionError("unreachable")
-
-        return await self._call("register", run)
+        (version,) = await self.register_many([spec])
+        return version
 
     async def register_many(self, specs: Sequence[NodeSpec]) -> list[int]:
-        """Several registrations pipelined into one round trip (bulk loads, harness start-up)."""
+        """Registrations pipelined into one round trip (bulk loads, harness start-up)."""
         if not specs:
             return []
         pools = sorted({s.pool for s in specs})
-        await self._call("SADD pools", lambda: self.client.sadd(self.keys.pools(), *pools))
-        calls = []
-        for spec in specs:
-            f = spec.to_hash_fields()
-            args = [*self._base_args(spec.pool, spec.node_id), f["status"], f["max_jobs"], f["load"]]
-            calls.append(
-                (self.keys.script_keys(spec.pool, spec.node_id), [*args, f["resources"], f["labels"]])
-            )
-        return [int(v) for v in await self._pipeline_evalsha("register", calls)]
-
-    def _heartbeat_call(self, beat: Heartbeat) -> tuple[list[str], list[Any]]:
-        args: list[Any] = self._base_args(beat.pool, beat.node_id)
-        args += [repr(float(beat.load)), repr(self.nodes.load_tolerance)]
-        args.append("1" if self.nodes.publish_every_heartbeat else "0")
-        args.append("0" if beat.running_jobs is None else "1")
-        if beat.spec is not None:
-            f = beat.spec.to_hash_fields()
-            args += ["1", f["status"], f["max_jobs"], f["resources"], f["labels"]]
-        else:
-            args += ["0", "", "", "", ""]
-        if beat.running_jobs is not None:
-            # A set: duplicates would make the script's size comparison see a change every time.
-            args += sorted(set(beat.running_jobs))
-        return self.keys.script_keys(beat.pool, beat.node_id), args
-
-    @staticmethod
-    def _heartbeat_result(node_id: str, reply: Sequence[Any]) -> HeartbeatResult:
-        return HeartbeatResult(
-            node_id=node_id, version=int(reply[0]), changed=bool(int(reply[1])), recreated=bool(int(reply[2]))
+        # The pools set lives outside the pools' slots, so no script touches it; queued
+        # ahead of the calls it keeps the registration one round trip.
+        replies = await self.scripts.call_many(
+            "register",
+            [self.args.register(spec) for spec in specs],
+            before=lambda pipe: pipe.sadd(self.keys.pools(), *pools),
         )
+        return [int(v) for v in replies[1:]]
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
         """One heartbeat; version 0 means the node is unknown and no spec was given to re-create it."""
-        keys, args = self._heartbeat_call(beat)
-        return self._heartbeat_result(beat.node_id, await self._evalsha("heartbeat", keys, args))
+        reply = await self.scripts.call("heartbeat", *self.args.heartbeat(beat))
+        return _heartbeat_result(beat.node_id, reply)
 
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]:
         """Heartbeats due together, pipelined into one round trip."""
         if not beats:
             return []
-        replies = await self._pipeline_evalsha("heartbeat", [self._heartbeat_call(b) for b in beats])
-        return [self._heartbeat_result(b.node_id, r) for b, r in zip(beats, replies, strict=True)]
+        replies = await self.scripts.call_many("heartbeat", [self.args.heartbeat(b) for b in beats])
+        return [_heartbeat_result(b.node_id, r) for b, r in zip(beats, replies, strict=True)]
 
     async def remove(self, pool: str, node_id: str) -> int:
         """Remove the node; returns the removal's version, 0 if it did not exist."""
-        return int(
-            await self._evalsha(
-                "remove", self.keys.script_keys(pool, node_id), self._base_args(pool, node_id)
-            )
-        )
+        return int(await self.scripts.call("remove", *self.args.remove(pool, node_id)))
 
     async def job_start(self, pool: str, node_id: str, job_id: str) -> Admission:
         """Admission control (see ``scripts.JOB_START``)."""
-        args = [*self._base_args(pool, node_id), job_id, self._dead_ms]
-        ok, reason, version, cur, max_jobs = await self._evalsha(
-            "job_start", self.keys.script_keys(pool, node_id), args
+        ok, reason, version, cur, max_jobs = await self.scripts.call(
+            "job_start", *self.args.job_start(pool, node_id, job_id)
         )
         return Admission(
             admitted=bool(int(ok)),
@@ -277,25 +171,16 @@ class RedisStore:
             max_jobs=int(max_jobs),
         )
 
-    async def job_finish(self, pool: str, node_id: str, job_id: str) -> tuple[bool, int, int]:
+    async def job_finish(self, pool: str, node_id: str, job_id: str) -> FinishReply:
         """Release ``job_id``; returns (released, node version, current_jobs). Version 0: unknown node."""
-        args = [*self._base_args(pool, node_id), job_id]
-        released, version, cur = await self._evalsha("job_finish", self.keys.script_keys(pool, node_id), args)
+        released, version, cur = await self.scripts.call(
+            "job_finish", *self.args.job_finish(pool, node_id, job_id)
+        )
         return bool(int(released)), int(version), int(cur)
 
     async def reap(self, pool: str, *, limit: int = 1000) -> list[str]:
         """Remove nodes whose heartbeat is older than ``dead_after``; returns their ids."""
-        args = [
-            self.keys.events(pool),
-            pool,
-            self._epoch_token,
-            self._log_max,
-            self._dead_ms,
-            self.keys.node_prefix(pool),
-            self.keys.jobs_prefix(pool),
-            str(limit),
-        ]
-        return list(await self._evalsha("reap", self.keys.reap_keys(pool), args))
+        return list(await self.scripts.call("reap", *self.args.reap(pool, limit)))
 
     # ---------------------------------------------------------------- reads
     async def get_node(self, pool: str, node_id: str) -> NodeSnapshot | None:
@@ -326,7 +211,7 @@ class RedisStore:
             return replies
 
         what = "HGETALL" if len(node_ids) == 1 else f"HGETALL x{len(node_ids)}"
-        replies = await self._call(what, run)
+        replies = await self._guarded(what, run)
         out: dict[str, NodeSnapshot | MalformedRecord | None] = {}
         for node_id, raw in zip(node_ids, replies, strict=True):
             if isinstance(raw, ResponseError):
@@ -338,18 +223,6 @@ class RedisStore:
                 out[node_id] = exc
         return out
 
-    async def get_versions(self, pool: str, node_ids: Sequence[str]) -> list[int]:
-        """Current versions (0 for absent nodes), one pipelined round trip."""
-
-        async def run() -> list:
-            pipe = self.client.pipeline(transaction=False)
-            for node_id in node_ids:
-                pipe.hget(self.keys.node(pool, node_id), "version")
-            return await pipe.execute()
-
-        replies = await self._call("HGET version", run)
-        return [int(v) if v is not None and str(v).isdigit() else 0 for v in replies]
-
     async def pool_state(self, pool: str) -> tuple[int, str | None]:
         """The pool's current ``seq`` (0 if none) and ``epoch`` (None if the pool has none)."""
 
@@ -359,7 +232,7 @@ class RedisStore:
             pipe.get(self.keys.epoch(pool))
             return await pipe.execute()
 
-        seq, epoch = await self._call("GET seq/epoch", run)
+        seq, epoch = await self._guarded("GET seq/epoch", run)
         return int(seq or 0), epoch
 
     async def pool_states(self, pools: Sequence[str]) -> dict[str, tuple[int, str | None]]:
@@ -372,13 +245,13 @@ class RedisStore:
                 pipe.get(self.keys.epoch(pool))
             return await pipe.execute()
 
-        flat = await self._call("GET seq/epoch", run)
+        flat = await self._guarded("GET seq/epoch", run)
         return {pool: (int(flat[2 * i] or 0), flat[2 * i + 1]) for i, pool in enumerate(pools)}
 
     async def relist(self, pool: str, *, batch: int = 1000) -> PoolListing:
         """Read ``seq`` first, then every alive node (ZRANGE + pipelined HGETALL) (DESIGN.md section 5.3)."""
         seq, epoch = await self.pool_state(pool)
-        ids = await self._call("ZRANGE alive", lambda: self.client.zrange(self.keys.alive(pool), 0, -1))
+        ids = await self._guarded("ZRANGE alive", lambda: self.client.zrange(self.keys.alive(pool), 0, -1))
         nodes: list[NodeSnapshot] = []
         malformed: list[MalformedRecord] = []
         for start in range(0, len(ids), batch):
@@ -391,7 +264,7 @@ class RedisStore:
 
     async def read_log(self, pool: str, from_seq: int, *, count: int = 1000) -> LogRead:
         """Entries with seq >= ``from_seq`` (up to ``count``); incomplete if ``from_seq`` was trimmed."""
-        entries = await self._call(
+        entries = await self._guarded(
             "XRANGE", lambda: self.client.xrange(self.keys.log(pool), min=f"{from_seq}-0", count=count)
         )
         if not entries or entries[0][0] != f"{from_seq}-0":
@@ -408,8 +281,14 @@ class RedisStore:
     async def ping(self) -> float:
         """Round trip of one PING, seconds."""
         start = time.perf_counter()
-        await self._call("PING", self.client.ping)
+        await self._guarded("PING", self.client.ping)
         return time.perf_counter() - start
 
     async def pools(self) -> set[str]:
-        return set(await self._call("SMEMBERS pools", lambda: self.client.smembers(self.keys.pools())))
+        return set(await self._guarded("SMEMBERS pools", lambda: self.client.smembers(self.keys.pools())))
+
+
+def _heartbeat_result(node_id: str, reply: Sequence[Any]) -> HeartbeatResult:
+    return HeartbeatResult(
+        node_id=node_id, version=int(reply[0]), changed=bool(int(reply[1])), recreated=bool(int(reply[2]))
+    )

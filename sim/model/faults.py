@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator, Sequence
 import simpy
 
 from sim.config import INSTANT_FAULTS, FaultSpec
-from sim.model.plan import Kind, Op
+from sim.model.ops import Kind, Op
 
 Emit = Callable[[Op], None]
 

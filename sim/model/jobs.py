@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 
 import simpy
 
-from sim.model.plan import Cluster, Kind, Op
+from sim.model.ops import Cluster, Kind, Op
 
 Emit = Callable[[Op], None]
 

@@ -226,7 +226,7 @@ def test_any_delivery_applies_every_seq_exactly_once_in_order(start: int, produc
 
 
 @given(
-    st.lists(st.tuples(st.sampled_from(["event", "advanced", "synced", "invalidate"]), st.integers(0, 40)))
+    st.lists(st.tuples(st.sampled_from(["event", "probe", "synced", "invalidate"]), st.integers(0, 40)))
 )
 def test_last_seq_only_moves_back_by_a_relist_or_an_invalidation(ops) -> None:
     seqr = PoolSequencer()
@@ -236,8 +236,8 @@ def test_last_seq_only_moves_back_by_a_relist_or_an_invalidation(ops) -> None:
             decision = seqr.on_event("p", value)
             if before is None:
                 assert decision == RELIST
-        elif op == "advanced":
-            seqr.advanced("p", value)
+        elif op == "probe":
+            seqr.probe("p", value, "e1", 0)
         elif op == "synced":
             seqr.synced("p", value, "e1")
             assert seqr.last_seq("p") == value
@@ -248,7 +248,6 @@ def test_last_seq_only_moves_back_by_a_relist_or_an_invalidation(ops) -> None:
             continue
         after = seqr.last_seq("p")
         assert (before is None and after is None) or (before is not None and after >= before)
-        assert seqr.behind("p", value) == (after is None or value > after)
 
 
 @pytest.mark.parametrize("at", [0, 3])
@@ -256,5 +255,5 @@ def test_last_seq_only_moves_back_by_a_relist_or_an_invalidation(ops) -> None:
 def test_epoch_changed_unless_known_or_listed_before_the_first_write(known: str | None, at: int) -> None:
     seqr = PoolSequencer()
     seqr.synced("p", at, known)
-    assert seqr.epoch_changed("p", "e2") is (known is not None or at > 0)
-    assert seqr.epoch_changed("p", known) is False
+    assert seqr.lost_data("p", at, "e2", 0) is (known is not None or at > 0)
+    assert seqr.lost_data("p", at, known, 0) is False

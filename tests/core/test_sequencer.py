@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from lockless.core.sequencer import APPLY, IGNORE, RELIST, CatchUp, PoolSequencer
+from lockless.core.sequencer import (
+    APPLY,
+    IGNORE,
+    NEW_EPOCH,
+    RELIST,
+    UP_TO_DATE,
+    CatchUp,
+    PoolSequencer,
+    Verdict,
+)
 
 
 def synced_at(last: int, epoch: str | None = "e1", pool: str = "p") -> PoolSequencer:
@@ -54,24 +63,11 @@ def test_catch_up_then_the_event_that_revealed_the_gap() -> None:
     seq = synced_at(4)
     decision = seq.on_event("p", 8)
     assert decision == CatchUp(from_seq=5, to_seq=8)
-    # The applier applies 5..8 from the log and reports each.
-    for s in range(decision.from_seq, decision.to_seq + 1):
-        seq.advanced("p", s)
+    # The applier applies 5..8 from the log, judging each entry like a live event.
+    assert [seq.on_event("p", s) for s in range(decision.from_seq, decision.to_seq + 1)] == [APPLY] * 4
     assert seq.last_seq("p") == 8
     assert seq.on_event("p", 8) == IGNORE  # the live copy of 8, judged again, is now a duplicate
     assert seq.on_event("p", 9) == APPLY
-
-
-def test_advanced_only_moves_forward_and_never_positions_an_unsynced_pool() -> None:
-    seq = synced_at(10)
-    seq.advanced("p", 7)
-    assert seq.last_seq("p") == 10
-    seq.advanced("p", 10)
-    assert seq.last_seq("p") == 10
-    seq.advanced("p", 12)
-    assert seq.last_seq("p") == 12
-    seq.advanced("other", 3)
-    assert seq.last_seq("other") is None
 
 
 def test_invalidate_forces_a_relist_and_synced_repositions() -> None:
@@ -104,14 +100,53 @@ def test_pools_are_independent() -> None:
     assert (seq.epoch("a"), seq.epoch("b")) == ("ea", "eb")
 
 
-# (redis seq, last_seq or None) -> behind?
-BEHIND = {(10, 10): False, (9, 10): False, (11, 10): True, (0, None): True, (5, None): True}
+# (last_seq or None, redis seq, redis epoch, high water) -> plan
+PLANS = {
+    (None, 5, "e1", 0): RELIST,  # never positioned
+    (10, 10, "e1", 10): UP_TO_DATE,
+    (10, 14, "e1", 10): CatchUp(from_seq=11, to_seq=14),
+    (10, 7, "e1", 7): RELIST,  # Redis behind us with the same epoch: cannot catch up backwards
+    (10, 14, "e2", 10): RELIST,  # another life of the pool
+    (10, 10, "e1", 12): RELIST,  # L1 saw version 12 of a pool whose seq is 10: data lost
+}
 
 
-@pytest.mark.parametrize(("redis_seq", "last"), sorted(BEHIND, key=str))
-def test_behind(redis_seq: int, last: int | None) -> None:
+@pytest.mark.parametrize("case", sorted(PLANS, key=str))
+def test_plan_table(case: tuple[int | None, int, str, int]) -> None:
+    last, redis_seq, epoch, high_water = case
     seq = PoolSequencer() if last is None else synced_at(last)
-    assert seq.behind("p", redis_seq) is BEHIND[(redis_seq, last)]
+    assert seq.plan("p", redis_seq, epoch, high_water) == PLANS[case]
+    assert seq.last_seq("p") == last  # planning changes nothing
+
+
+def test_probe_sees_lost_data() -> None:
+    assert synced_at(10).probe("p", 10, "e2", 10) is Verdict.LOST_DATA
+    assert synced_at(10).probe("p", 10, "e1", 11) is Verdict.LOST_DATA
+
+
+def test_probe_tells_events_in_flight_from_events_lost() -> None:
+    seq = synced_at(10)
+    assert seq.probe("p", 10, "e1", 10) is Verdict.OK  # up to date
+    assert seq.probe("p", 12, "e1", 10) is Verdict.OK  # behind once: events may be in flight
+    assert [seq.on_event("p", s) for s in (11, 12)] == [APPLY, APPLY]
+    assert seq.probe("p", 14, "e1", 12) is Verdict.OK  # behind again, but it reached the last probe's 12
+    assert seq.probe("p", 15, "e1", 12) is Verdict.STALLED  # still below 14 a probe later: events lost
+
+
+def test_probe_forgets_being_behind_once_caught_up_or_relisted() -> None:
+    seq = synced_at(10)
+    assert seq.probe("p", 12, "e1", 10) is Verdict.OK
+    assert [seq.on_event("p", s) for s in (11, 12)] == [APPLY, APPLY]
+    assert seq.probe("p", 12, "e1", 12) is Verdict.OK  # caught up: the record of being behind goes
+    assert seq.probe("p", 15, "e1", 12) is Verdict.OK  # behind again, but only once
+    seq.synced("p", 15, "e1")
+    assert seq.probe("p", 16, "e1", 15) is Verdict.OK  # the relist forgot the earlier probe
+
+
+def test_probe_adopts_the_first_epoch_of_a_pool_listed_empty() -> None:
+    seq = synced_at(0, None)
+    assert seq.probe("p", 0, "e1", 0) is Verdict.OK
+    assert seq.epoch("p") == "e1"
 
 
 # (epoch synced, epoch seen now) -> changed?
@@ -127,19 +162,24 @@ EPOCHS = {
 @pytest.mark.parametrize(("known", "seen"), sorted(EPOCHS, key=str))
 def test_epoch_changed(known: str | None, seen: str | None) -> None:
     seq = synced_at(3, known)
-    assert seq.epoch_changed("p", seen) is EPOCHS[(known, seen)]
+    assert seq.lost_data("p", 3, seen, 3) is EPOCHS[(known, seen)]
+
+
+def test_a_seq_below_the_high_water_is_lost_data_whatever_the_epoch() -> None:
+    assert synced_at(3, "e1").lost_data("p", 3, "e1", 4)
+    assert not synced_at(3, "e1").lost_data("p", 4, "e1", 4)
 
 
 def test_epoch_of_an_unknown_pool_never_counts_as_changed() -> None:
-    assert not PoolSequencer().epoch_changed("p", "anything")
+    assert not PoolSequencer().lost_data("p", 0, "anything", 0)
 
 
 def test_a_pool_listed_empty_adopts_the_epoch_its_first_write_made() -> None:
     seq = synced_at(0, None)
-    assert not seq.epoch_changed("p", "e1")  # listed before the first write: not a loss
+    assert not seq.lost_data("p", 1, "e1", 0)  # listed before the first write: not a loss
     assert seq.adopt_first_epoch("p", "e1") and seq.epoch("p") == "e1"
     assert not seq.adopt_first_epoch("p", "e2")  # only the first one
-    assert seq.epoch_changed("p", "e2")
+    assert seq.lost_data("p", 1, "e2", 0)
 
 
 def test_a_first_epoch_is_not_adopted_past_seq_0() -> None:
@@ -154,10 +194,13 @@ def test_catch_up_is_a_frozen_value() -> None:
         c.from_seq = 5  # type: ignore[misc]
 
 
-def test_foreign_epoch_adopts_a_first_epoch_at_seq_0_and_flags_any_other() -> None:
+def test_an_event_of_another_epoch_is_new_unless_adopted_at_seq_0() -> None:
     seq = synced_at(0, None)
-    assert not seq.foreign_epoch("p", None)  # old events carry no epoch: nothing to judge
-    assert not seq.foreign_epoch("p", "e1") and seq.epoch("p") == "e1"  # adopted
-    assert not seq.foreign_epoch("p", "e1")
-    assert seq.foreign_epoch("p", "e2")
-    assert synced_at(3, None).foreign_epoch("p", "e1")  # past seq 0, an unknown life
+    assert seq.on_event("p", 1, None) == APPLY  # old events carry no epoch: nothing to judge
+    seq = synced_at(0, None)
+    assert seq.on_event("p", 1, "e1") == APPLY and seq.epoch("p") == "e1"  # adopted
+    assert seq.on_event("p", 2, "e1") == APPLY
+    assert seq.on_event("p", 3, "e2") == NEW_EPOCH
+    assert seq.last_seq("p") == 2  # a new epoch moves nothing
+    assert synced_at(3, None).on_event("p", 4, "e1") == NEW_EPOCH  # past seq 0, an unknown life
+    assert PoolSequencer().on_event("p", 1, "e1") == NEW_EPOCH  # never listed: nothing to adopt into

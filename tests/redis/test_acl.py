@@ -45,7 +45,7 @@ async def test_an_acl_user_limited_to_its_namespace_runs_two_instances(redis_url
             assert (await b.job_start("p", "n1", "j1")).admitted
             # The event reached a's subscriber, which authenticated on its own connection.
             await eventually(
-                lambda: (n := a.l1.peek("p", "n1")) is not None and n.current_jobs == 1, 3.0, "event in a"
+                lambda: (n := a.cached("p", "n1")) is not None and n.current_jobs == 1, 3.0, "event in a"
             )
 
 

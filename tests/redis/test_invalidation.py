@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from lockless.core.modes import Mode
-from lockless.core.snapshot import NodeSpec
+from lockless.core.snapshot import NodeSnapshot, NodeSpec
 from lockless.redis.keys import KeySpace
+from lockless.redis.store import RedisStore
 from lockless.registry import LocklessRegistry
-from tests.support import cache_view, eventually, fast_config, redis_view, store_for
+from tests.support import cache_view, eventually, fast_config, redis_view, store_for, version_in
 
 
 def spec(i: int, pool: str = "p", max_jobs: int = 4) -> NodeSpec:
@@ -31,19 +33,19 @@ async def test_a_write_on_one_instance_reaches_the_others(redis_url: str, ns: st
     ):
         version = await a.register_node(spec(1))
         await eventually(
-            lambda: all(r.l1.version_of("p", "n1") == version for r in (b, c)),
+            lambda: all(version_in(r, "p", "n1") == version for r in (b, c)),
             2.0,
             "register to reach b and c",
         )
         admission = await b.job_start("p", "n1", "job-1")
         assert admission.admitted
-        await eventually(lambda: a.l1.peek("p", "n1").current_jobs == 1, 2.0, "job_start to reach a")
+        await eventually(lambda: a.cached("p", "n1").current_jobs == 1, 2.0, "job_start to reach a")
         assert (await c.get_node("p", "n1")) is not None
-        await eventually(lambda: c.l1.peek("p", "n1").version == admission.version, 2.0, "c to apply")
+        await eventually(lambda: c.cached("p", "n1").version == admission.version, 2.0, "c to apply")
         removed_at = await c.remove_node("p", "n1")
         assert removed_at
         await eventually(
-            lambda: a.l1.peek("p", "n1") is None and b.l1.peek("p", "n1") is None,
+            lambda: a.cached("p", "n1") is None and b.cached("p", "n1") is None,
             2.0,
             "removal to reach a and b",
         )
@@ -94,7 +96,7 @@ async def test_trimmed_log_forces_a_relist(fault_server, proxy, ns: str) -> None
     writer = store_for(direct)
     async with LocklessRegistry(fast_config(proxy.url, ns), instance="behind") as reader:
         await writer.register(spec(0))
-        await eventually(lambda: reader.l1.peek("p", "n0") is not None, 2.0, "first event")
+        await eventually(lambda: reader.cached("p", "n0") is not None, 2.0, "first event")
         relists_before = reader.metrics()["relists"]
         proxy.refuse(True)
         proxy.cut()
@@ -130,7 +132,7 @@ async def test_blackholed_subscription_is_detected_by_the_ping_deadline(fault_se
         proxy.blackhole(False)
         proxy.cut()  # the held connections are dead; new ones go through
         await eventually(
-            lambda: reader.l1.peek("p", "n7") is not None and reader.mode is Mode.NORMAL,
+            lambda: reader.cached("p", "n7") is not None and reader.mode is Mode.NORMAL,
             5.0,
             "catch-up after the link returns",
         )
@@ -143,7 +145,7 @@ async def test_garbage_on_the_channel_is_counted_and_relisted(redis_url: str, ns
     writer = store_for(cfg)
     async with LocklessRegistry(cfg, instance="robust") as reader:
         await writer.register(spec(1))
-        await eventually(lambda: reader.l1.peek("p", "n1") is not None, 2.0, "first event")
+        await eventually(lambda: reader.cached("p", "n1") is not None, 2.0, "first event")
         relists = reader.metrics()["relists"]
         raw = aioredis.Redis.from_url(redis_url)
         channel = KeySpace(ns).events("p")
@@ -154,19 +156,27 @@ async def test_garbage_on_the_channel_is_counted_and_relisted(redis_url: str, ns
         await eventually(lambda: reader.metrics()["relists"] > relists, 2.0, "a relist")
         # The loop is alive: later writes still arrive.
         version = await writer.register(spec(2))
-        await eventually(lambda: reader.l1.version_of("p", "n2") == version, 2.0, "events after garbage")
+        await eventually(lambda: version_in(reader, "p", "n2") == version, 2.0, "events after garbage")
     await writer.close()
 
 
-async def test_versions_never_go_backwards_when_a_stale_read_races_an_event(redis_url: str, ns: str) -> None:
+async def test_versions_never_go_backwards_when_a_stale_read_races_an_event(
+    redis_url: str, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = fast_config(redis_url, ns)
     writer = store_for(cfg)
     async with LocklessRegistry(cfg, instance="mono") as reader:
         await writer.register(spec(1))
-        await eventually(lambda: reader.l1.peek("p", "n1") is not None, 2.0, "first event")
-        old = reader.l1.peek("p", "n1")
+        await eventually(lambda: reader.cached("p", "n1") is not None, 2.0, "first event")
+        old = reader.cached("p", "n1")
         admission = await writer.job_start("p", "n1", "j")
-        await eventually(lambda: reader.l1.version_of("p", "n1") == admission.version, 2.0, "new version")
-        assert not reader.l1.apply(old, 0.0)  # an old snapshot arriving late is refused
-        assert reader.l1.peek("p", "n1").version == admission.version
+        await eventually(lambda: version_in(reader, "p", "n1") == admission.version, 2.0, "new version")
+
+        # A read of the record that left Redis before the event and arrives after it.
+        async def stale_read(self: RedisStore, pool: str, node_id: str) -> NodeSnapshot | None:
+            return old
+
+        monkeypatch.setattr(RedisStore, "get_node", stale_read)
+        assert (await reader.refresh_node("p", "n1")).version == admission.version  # refused: older
+        assert reader.cached("p", "n1").version == admission.version
     await writer.close()

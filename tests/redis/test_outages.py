@@ -14,12 +14,13 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from lockless.clock import ManualClock
 from lockless.config import RedisConfig
 from lockless.core.modes import Mode
 from lockless.core.snapshot import NodeSpec
 from lockless.errors import StaleRead
 from lockless.registry import LocklessRegistry
-from tests.support import cache_view, eventually, fast_config, redis_view, store_for
+from tests.support import cache_view, eventually, eventually_async, fast_config, redis_view, store_for
 
 
 def spec(i: int) -> NodeSpec:
@@ -52,7 +53,7 @@ async def test_stopped_server_local_only_then_replay_and_normal(
         stopped_at = time.monotonic()
         await eventually(lambda: registry.mode is Mode.LOCAL_ONLY, 5.0, "LOCAL_ONLY")
         assert time.monotonic() - stopped_at < 3.0
-        assert registry.modes.outage_started_at is not None
+        assert registry.state().outage_started_at is not None
 
         read = await registry.read_node("p", "n1")
         assert read.node is not None and read.node.node_id == "n1"
@@ -70,23 +71,26 @@ async def test_stopped_server_local_only_then_replay_and_normal(
         admitted = await registry.job_start("p", "n2", "during")
         assert admitted.admitted and admitted.reason == "journaled"
         assert await registry.job_finish("p", "n0", "before")
-        assert len(registry.journal) == 4  # register, one coalesced heartbeat, job_start, job_finish
+        assert registry.state().journal_depth == 4  # register, one coalesced heartbeat, job_start, job_finish
 
         await asyncio.to_thread(fault_server.start)
         await eventually(lambda: registry.mode is Mode.NORMAL, 8.0, "NORMAL after recovery")
-        assert len(registry.journal) == 0
+        assert registry.state().journal_depth == 0
         store = store_for(cfg)
         truth = await redis_view(store, "p")
         await eventually(lambda: cache_view(registry, "p") == truth, 3.0, "cache equal to Redis")
+        rejections = registry.take_replay_rejections()
         if data_survives:
             assert set(truth) == {f"n{i}" for i in (0, 1, 2, 3, 4, 9)}
             assert truth["n0"][1] == 0 and truth["n2"][1] == 1
-            assert not registry.replay_rejections
+            assert rejections == [] and registry.metrics()["replay_rejections"] == 0
         else:
             # Redis lost everything: what was journaled came back (the heartbeat re-created n1),
             # the rest returns by its next heartbeat; the admission on vanished n2 is reported.
             assert set(truth) == {"n1", "n9"}
-            assert [(a.job_id, a.reason) for a in registry.replay_rejections] == [("during", "not_alive")]
+            assert [(a.job_id, a.reason) for a in rejections] == [("during", "not_alive")]
+            assert registry.metrics()["replay_rejections"] == 1
+            assert registry.take_replay_rejections() == []  # told once
             assert registry.metrics()["epoch_changes"] >= 1
         m = registry.metrics()
         assert m["journal_replays"] == 4
@@ -172,24 +176,31 @@ async def test_reaper_removes_dead_nodes_and_every_cache_hears_it(redis_url: str
 
 
 async def test_reaper_waits_out_the_grace_period_after_an_outage(fault_server, ns: str) -> None:
-    cfg = _short_liveness(fault_server.url, ns, grace_s=1.5)
-    async with LocklessRegistry(cfg, instance="graceful") as registry:
+    cfg = _short_liveness(fault_server.url, ns, grace_s=60.0)
+    # Real time for the outage and its probes; the 60 s grace is jumped over, not waited for.
+    clock = ManualClock(rate=1.0)
+    async with LocklessRegistry(cfg, instance="graceful", clock=clock) as registry:
         await registry.register_node(spec(1))
         await _save(fault_server.url)
         await asyncio.to_thread(fault_server.stop)
         await eventually(lambda: registry.mode is Mode.LOCAL_ONLY, 5.0, "LOCAL_ONLY")
         await asyncio.to_thread(fault_server.start)
         await eventually(lambda: registry.mode is Mode.NORMAL, 8.0, "NORMAL")
-        recovered = registry.modes.last_recovered_at
+        recovered = registry.state().last_recovered_at
         assert recovered is not None
-        # n1 missed its heartbeats during the outage (dead_after is 0.3 s), but it gets the grace.
-        while time.monotonic() - recovered < 1.2:
-            assert await registry.reap_once() == []
-            await asyncio.sleep(0.1)
-        deadline = time.monotonic() + 3.0
+        # n1 missed its heartbeats during the outage (dead_after is 0.3 s, and the outage was
+        # longer), but it gets the grace: nothing is reaped until 60 s after the recovery.
+        assert await registry.reap_once() == []
+        clock.advance(recovered + 59.5 - clock.monotonic())
+        assert await registry.reap_once() == []
+        clock.advance(1.0)
+        # Past the grace: reaped as soon as Redis's own clock says n1 is dead (0.3 s after
+        # its last heartbeat, server time, which no test clock moves).
         reaped: list[str] = []
-        while not reaped:
-            assert time.monotonic() < deadline, "n1 not reaped after the grace period"
-            reaped = await registry.reap_once()
-            await asyncio.sleep(0.05)
+
+        async def reap() -> bool:
+            reaped.extend(await registry.reap_once())
+            return bool(reaped)
+
+        await eventually_async(reap, 3.0, "n1 reaped after the grace period")
         assert reaped == ["n1"]

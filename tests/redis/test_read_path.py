@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from lockless.clock import ManualClock
 from lockless.config import CacheConfig, NodeLifecycleConfig, RedisConfig, RegistryConfig, SubscriberConfig
+from lockless.core.l1 import L1Store
 from lockless.core.modes import Mode
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.protocol import Heartbeat
@@ -104,7 +106,7 @@ async def until(condition: Callable[[], Any], what: str, timeout: float = 5.0) -
 async def test_l1_hits_send_nothing_to_redis(redis_url: str, ns: str, raw, writer: RedisStore) -> None:
     async with LocklessRegistry(make_config(redis_url, ns)) as registry:
         await writer.register(spec("n1"))
-        await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
+        await until(lambda: registry.cached(POOL, "n1") is not None, "n1 cached")
         counter = CommandCounter(raw)
         await counter.start()
         hits_before = registry.metrics()["l1_hits"]
@@ -117,15 +119,22 @@ async def test_l1_hits_send_nothing_to_redis(redis_url: str, ns: str, raw, write
 
 
 async def test_an_expired_entry_is_read_again_once(redis_url: str, ns: str, raw, writer: RedisStore) -> None:
-    async with LocklessRegistry(make_config(redis_url, ns, entry_ttl_s=0.05, ttl_jitter=0.0)) as registry:
+    clock = ManualClock()
+    config = make_config(redis_url, ns, entry_ttl_s=5.0, ttl_jitter=0.0)
+    async with LocklessRegistry(config, clock=clock) as registry:
         version = await writer.register(spec("n1"))
-        await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
-        await until(lambda: registry.l1.get(POOL, "n1", time.monotonic()) is None, "the entry to expire")
+        await until(lambda: registry.cached(POOL, "n1") is not None, "n1 cached")
         counter = CommandCounter(raw)
         await counter.start()
-        node = await registry.get_node(POOL, "n1")
-        assert node is not None and node.version == version
-        assert (await counter.delta("hgetall"))["hgetall"] == 1
+        assert await registry.get_node(POOL, "n1") is registry.cached(POOL, "n1")  # a hit: fresh
+        assert (await counter.delta("hgetall"))["hgetall"] == 0
+        clock.advance(4.9)
+        assert await registry.get_node(POOL, "n1") is not None
+        assert (await counter.delta("hgetall"))["hgetall"] == 0  # not yet expired
+        clock.advance(0.2)  # past the 5 s entry TTL (no jitter)
+        nodes = [await registry.get_node(POOL, "n1") for _ in range(3)]
+        assert all(n is not None and n.version == version for n in nodes)
+        assert (await counter.delta("hgetall"))["hgetall"] == 1  # refreshed once, then hits again
         assert registry.metrics()["l2_reads"] == 1
 
 
@@ -159,7 +168,7 @@ async def test_a_registration_event_clears_a_negative_entry(
     async with LocklessRegistry(make_config(redis_url, ns, negative_ttl_s=300.0)) as registry:
         assert await registry.get_node(POOL, "late") is None
         version = await writer.register(spec("late"))
-        await until(lambda: registry.l1.peek(POOL, "late") is not None, "late cached")
+        await until(lambda: registry.cached(POOL, "late") is not None, "late cached")
         node = await registry.get_node(POOL, "late")
         assert node is not None and node.version == version
 
@@ -168,7 +177,7 @@ async def test_a_registration_event_clears_a_negative_entry(
 async def test_concurrent_misses_share_one_redis_read(redis_url: str, ns: str, raw) -> None:
     async with LocklessRegistry(make_config(redis_url, ns)) as registry:
         await write_behind_the_cache(raw, ns, "cold")
-        assert registry.l1.peek(POOL, "cold") is None
+        assert registry.cached(POOL, "cold") is None
         counter = CommandCounter(raw)
         await counter.start()
         results = await asyncio.gather(*(registry.get_node(POOL, "cold") for _ in range(50)))
@@ -185,7 +194,7 @@ async def test_concurrent_misses_share_one_redis_read(redis_url: str, ns: str, r
 async def test_concurrent_refreshes_share_one_redis_read(redis_url: str, ns: str, raw, writer) -> None:
     async with LocklessRegistry(make_config(redis_url, ns)) as registry:
         await writer.register(spec("n1"))
-        await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
+        await until(lambda: registry.cached(POOL, "n1") is not None, "n1 cached")
         counter = CommandCounter(raw)
         await counter.start()
         results = await asyncio.gather(*(registry.refresh_node(POOL, "n1") for _ in range(20)))
@@ -207,19 +216,18 @@ async def test_get_nodes_batch_reads_all_misses_in_one_round_trip(
         ids = [f"hot{i}" for i in range(5)] + [f"cold{i}" for i in range(10)] + ["ghost1", "ghost2"]
         counter = CommandCounter(raw)
         await counter.start()
-        trips = registry.store.metrics.histograms["redis_latency_us"]
-        trips_before = trips.get_total_count()
+        trips_before = registry.metrics().histograms["redis_latency_us"].count
         out = await registry.get_nodes_batch(POOL, ids)
-        assert trips.get_total_count() == trips_before + 1  # one pipelined round trip
+        assert registry.metrics().histograms["redis_latency_us"].count == trips_before + 1  # one round trip
         assert (await counter.delta("hgetall"))["hgetall"] == 12  # only the misses
         assert list(out) == ids
-        assert all(out[f"hot{i}"] is registry.l1.peek(POOL, f"hot{i}") for i in range(5))
+        assert all(out[f"hot{i}"] is registry.cached(POOL, f"hot{i}") for i in range(5))
         assert all(out[f"cold{i}"].version == 1000 for i in range(10))  # type: ignore[union-attr]
         assert out["ghost1"] is None and out["ghost2"] is None
         # Everything is known now (the ghosts negatively): a second batch sends nothing.
         again = await registry.get_nodes_batch(POOL, ids)
         assert again == out
-        assert trips.get_total_count() == trips_before + 1
+        assert registry.metrics().histograms["redis_latency_us"].count == trips_before + 1
         assert (await counter.delta("hgetall"))["hgetall"] == 12
 
 
@@ -302,8 +310,8 @@ async def test_select_nodes_explains_what_it_filtered(
         # After a job finishes on a full node and a draining node comes back, the answer follows.
         await writer.job_finish(POOL, "full0", "j")
         await writer.register(spec("drain0", labels={"x"}, resources={"cpu": 8}))
-        await until(lambda: registry.l1.peek(POOL, "drain0").status == "up", "drain0 back up")  # type: ignore[union-attr]
-        await until(lambda: registry.l1.peek(POOL, "full0").current_jobs == 0, "full0 freed")  # type: ignore[union-attr]
+        await until(lambda: registry.cached(POOL, "drain0").status == "up", "drain0 back up")  # type: ignore[union-attr]
+        await until(lambda: registry.cached(POOL, "full0").current_jobs == 0, "full0 freed")  # type: ignore[union-attr]
         selection = await registry.select_nodes(POOL, count=5, requirements=req, policy=policy)
         assert set(selection.node_ids) == {"fit", "full0", "drain0"}
         assert dict(selection.filtered) == {"full": 2, "draining": 1, "missing label x": 4, "short of cpu": 2}
@@ -312,7 +320,7 @@ async def test_select_nodes_explains_what_it_filtered(
 async def test_select_nodes_default_policy_comes_from_the_config(redis_url: str, ns: str, writer) -> None:
     async with LocklessRegistry(make_config(redis_url, ns, policy="least_loaded")) as registry:
         await writer.register(spec("a"))
-        await until(lambda: registry.l1.peek(POOL, "a") is not None, "a cached")
+        await until(lambda: registry.cached(POOL, "a") is not None, "a cached")
         assert (await registry.select_nodes(POOL)).policy == "least_loaded"
         assert (await registry.select_nodes(POOL, policy="power_of_two")).policy == "power_of_two"
 
@@ -348,7 +356,7 @@ async def test_place_job_falls_back_when_the_first_pick_is_full_in_redis(
             proxy.blackhole(True)  # from here on, events are held: the cache goes stale
             taken = await rival.job_start(POOL, "n1", "rival-job")
             assert taken.admitted
-            assert registry.l1.peek(POOL, "n1").current_jobs == 0  # type: ignore[union-attr]
+            assert registry.cached(POOL, "n1").current_jobs == 0  # type: ignore[union-attr]
 
             placement = await registry.place_job(POOL, "job-1", policy="least_loaded")
             assert placement.placed
@@ -356,9 +364,9 @@ async def test_place_job_falls_back_when_the_first_pick_is_full_in_redis(
             assert placement.reason == "admitted"
             assert placement.selection is not None and placement.selection.node_ids == ("n1", "n2")
             # The rejection told the registry n1's real count: the stale "free" view is corrected.
-            n1 = registry.l1.peek(POOL, "n1")
+            n1 = registry.cached(POOL, "n1")
             assert n1 is not None and (n1.version, n1.current_jobs) == (taken.version, 1)
-            n2 = registry.l1.peek(POOL, "n2")
+            n2 = registry.cached(POOL, "n2")
             assert n2 is not None and (n2.version, n2.current_jobs) == (placement.version, 1)
             assert (await registry.select_nodes(POOL)).picks == ()
             nowhere = await registry.place_job(POOL, "job-2")
@@ -374,23 +382,23 @@ async def test_place_job_falls_back_when_the_first_pick_is_full_in_redis(
 
 
 async def test_an_admission_is_assumed_at_once_and_an_older_event_does_not_undo_it(
-    fault_server, proxy, ns: str
+    fault_server, proxy, ns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = make_store(fault_server.url, ns)
     try:
         async with HeldEvents(fault_server, proxy, ns) as registry:
             registered = await writer.register(spec("n1", max_jobs=4))
-            await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
+            await until(lambda: registry.cached(POOL, "n1") is not None, "n1 cached")
             # Record every L1 apply of n1 and what L1 held right after it.
             applied: list[tuple[int, bool, NodeSnapshot | None]] = []
-            real_apply = registry.l1.apply
+            real_apply = L1Store.apply
 
-            def recording_apply(node: NodeSnapshot, now: float) -> bool:
-                stored = real_apply(node, now)
-                applied.append((node.version, stored, registry.l1.peek(POOL, node.node_id)))
+            def recording_apply(l1: L1Store, node: NodeSnapshot, now: float) -> bool:
+                stored = real_apply(l1, node, now)
+                applied.append((node.version, stored, registry.cached(POOL, node.node_id)))
                 return stored
 
-            registry.l1.apply = recording_apply  # type: ignore[method-assign]
+            monkeypatch.setattr(L1Store, "apply", recording_apply)
 
             proxy.blackhole(True)
             beat = await writer.heartbeat(Heartbeat(pool=POOL, node_id="n1", load=0.9))  # held event
@@ -401,7 +409,6 @@ async def test_an_admission_is_assumed_at_once_and_an_older_event_does_not_undo_
             assert node is not None
             assert (node.version, node.current_jobs) == (admission.version, 1)
             assert node.load == 0.0  # built from the cached snapshot: the heartbeat has not arrived
-            assert "n1" in registry.l1.pool(POOL).assumed
 
             proxy.blackhole(False)
             await until(lambda: len(applied) >= 2, "both held events to be applied")
@@ -415,7 +422,6 @@ async def test_an_admission_is_assumed_at_once_and_an_older_event_does_not_undo_
             )
             assert (newer_version, newer_stored) == (admission.version, True)  # the real record retires it
             assert after_newer is not None and (after_newer.current_jobs, after_newer.load) == (1, 0.9)
-            assert "n1" not in registry.l1.pool(POOL).assumed
             node = await registry.get_node(POOL, "n1")
             assert node is not None and (node.version, node.current_jobs, node.load) == (
                 admission.version,
@@ -429,7 +435,7 @@ async def test_an_admission_is_assumed_at_once_and_an_older_event_does_not_undo_
 async def test_job_finish_is_assumed_at_once(redis_url: str, ns: str, writer: RedisStore) -> None:
     async with LocklessRegistry(make_config(redis_url, ns)) as registry:
         await writer.register(spec("n1"))
-        await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
+        await until(lambda: registry.cached(POOL, "n1") is not None, "n1 cached")
         admission = await registry.job_start(POOL, "n1", "j1")
         assert admission.admitted
         assert await registry.job_finish(POOL, "n1", "j1")
@@ -444,7 +450,7 @@ async def test_local_admissions_count_against_capacity_in_the_local_view(fault_s
     cfg = make_config(fault_server.url, ns, timeout=0.25)
     async with LocklessRegistry(cfg) as registry:
         await registry.register_node(spec("n1", max_jobs=1))
-        await until(lambda: registry.l1.peek(POOL, "n1") is not None, "n1 cached")
+        await until(lambda: registry.cached(POOL, "n1") is not None, "n1 cached")
         await asyncio.to_thread(fault_server.stop)
         await until(lambda: registry.mode is Mode.LOCAL_ONLY, "LOCAL_ONLY", timeout=10.0)
         first = await registry.job_start(POOL, "n1", "a")

@@ -142,16 +142,6 @@ async def test_a_node_key_of_the_wrong_type_is_a_malformed_record(
     assert [m.node_id for m in listing.malformed] == ["bad"]
 
 
-async def test_get_versions_reads_versions_and_zero_for_absent_or_garbled(
-    store: RedisStore, raw: aioredis.Redis, ns: str
-) -> None:
-    va = await store.register(spec("a"))
-    vb = await store.register(spec("b"))
-    await store.register(spec("bad"))
-    await corrupt(raw, ns, "bad", version="x7")
-    assert await store.get_versions(POOL, ["b", "missing", "a", "bad"]) == [vb, 0, va, 0]
-
-
 async def test_pool_state_before_and_after_the_first_write(
     store: RedisStore, raw: aioredis.Redis, ns: str
 ) -> None:
@@ -346,7 +336,7 @@ async def test_registry_get_node_raises_malformed_and_keeps_serving_others(
     try:
         async with LocklessRegistry(cfg, instance="r") as registry:
             await writer.register(spec("good"))
-            await eventually(lambda: registry.l1.peek(POOL, "good") is not None, 3.0, "good cached")
+            await eventually(lambda: registry.cached(POOL, "good") is not None, 3.0, "good cached")
             # A record written behind the cache's back (no event): read on first access.
             key = KeySpace(ns).node(POOL, "bad")
             await raw.hset(key, mapping={"version": "99", "status": "up", "max_jobs": "abc"})
@@ -357,7 +347,7 @@ async def test_registry_get_node_raises_malformed_and_keeps_serving_others(
                 await registry.get_node(POOL, "bad")
             assert (info.value.node_id, info.value.field) == ("bad", "max_jobs")
             assert registry.metrics()["events_malformed"] == before + 1
-            assert registry.l1.peek(POOL, "bad") is None  # a guess is never cached
+            assert registry.cached(POOL, "bad") is None  # a guess is never cached
             good = await registry.get_node(POOL, "good")
             assert good is not None and good.node_id == "good"
             # A relist skips the bad record, counts it, and keeps every good one.
@@ -366,7 +356,7 @@ async def test_registry_get_node_raises_malformed_and_keeps_serving_others(
             assert registry.metrics()["events_malformed"] == before + 2
             # New writes still flow.
             await writer.register(spec("later"))
-            await eventually(lambda: registry.l1.peek(POOL, "later") is not None, 3.0, "later cached")
+            await eventually(lambda: registry.cached(POOL, "later") is not None, 3.0, "later cached")
     finally:
         await writer.close()
 

@@ -58,10 +58,12 @@ from lockless.core.modes import Mode, ModeThresholds
 from lockless.core.selection import is_placeable, unmet
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.protocol import Heartbeat
+from lockless.redis.keys import KeySpace
 from lockless.redis.store import RedisStore
 from lockless.registry import LocklessRegistry
 from sim.redis_server import RedisServer
 from tests.stateful.model import RegistryModel, records_of, snapshot_record
+from tests.support import version_in
 
 POOLS = ("p", "q")
 NODE_IDS = ("n0", "n1", "n2")
@@ -216,13 +218,16 @@ def instance_config(url: str, ns: str, seed: int) -> RegistryConfig:
     )
 
 
-class MuteStore(RedisStore):
-    """Writes that reach Redis and its pool log, but PUBLISH on a channel nobody listens to."""
+class MuteKeys(KeySpace):
+    """Key names whose event channels nobody subscribes to."""
 
-    def _base_args(self, pool: str, node_id: str) -> list[str]:
-        args = super()._base_args(pool, node_id)
-        args[0] = f"{args[0]}:nobody"
-        return args
+    def events(self, pool: str) -> str:
+        return f"{super().events(pool)}:nobody"
+
+
+def mute_store(redis: RedisConfig, nodes: NodeLifecycleConfig) -> RedisStore:
+    """Writes that reach Redis and its pool log, but PUBLISH on a channel nobody listens to."""
+    return RedisStore(redis, nodes, keys=MuteKeys(redis.namespace))
 
 
 @dataclass
@@ -317,7 +322,7 @@ class RegistryMachine(RuleBasedStateMachine):
         # Truth reads retry a little more: they must survive the faults the rules inject.
         truth_redis = RedisConfig(url=server.url, namespace=self.ns, socket_timeout_s=2.0, retries=3)
         self.truth = RedisStore(truth_redis, base.nodes)
-        self.mute = MuteStore(base.redis, base.nodes)
+        self.mute = mute_store(base.redis, base.nodes)
         self.instances: list[LocklessRegistry] = []
         #: (instance, pool) -> (epoch the instance knew, node -> highest version it has shown).
         self.seen: dict[tuple[int, str], tuple[str | None, dict[str, int]]] = {}
@@ -374,13 +379,13 @@ class RegistryMachine(RuleBasedStateMachine):
 
     async def _ready(self, registry: LocklessRegistry) -> None:
         """A write through ``registry`` must reach Redis now, not a journal: wait out LOCAL_ONLY."""
-        if registry.mode is Mode.LOCAL_ONLY or len(registry.journal):
+        if registry.mode is Mode.LOCAL_ONLY or registry.state().journal_depth:
             await _until(
-                lambda: registry.mode is not Mode.LOCAL_ONLY and not len(registry.journal),
+                lambda: registry.mode is not Mode.LOCAL_ONLY and not registry.state().journal_depth,
                 CONVERGE_S,
                 lambda: (
                     f"{registry.instance} to leave LOCAL_ONLY ({registry.mode}, "
-                    f"journal {len(registry.journal)})"
+                    f"journal {registry.state().journal_depth})"
                 ),
             )
 
@@ -420,7 +425,7 @@ class RegistryMachine(RuleBasedStateMachine):
             raise AssertionError(op)
 
     async def _write_unheard(self, op: Op) -> None:
-        """Run ``op`` through :class:`MuteStore` (same semantics, nobody hears the event)."""
+        """Run ``op`` through :func:`mute_store`'s store (same semantics, nobody hears the event)."""
         store, model = self.mute, self.model
         if isinstance(op, Register):
             node = model.get(op.pool, op.node)
@@ -490,7 +495,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 f"{r.instance}/{p} at seq {r.last_seq(p)}"
                 for r in self.instances
                 for p in POOLS
-                if r.sequencer.epoch(p) is None and (r.last_seq(p) or 0) > 0
+                if r.state().positions[p][1] is None and (r.last_seq(p) or 0) > 0
             ]
 
         await _until(lambda: not unknown(), CONVERGE_S, lambda: f"epochs to be learned: {unknown()}")
@@ -610,7 +615,7 @@ class RegistryMachine(RuleBasedStateMachine):
     @logged
     def read(self, i: int, pool: str, node_id: str) -> None:
         registry = self.inst(i)
-        before = registry.l1.version_of(pool, node_id)
+        before = version_in(registry, pool, node_id)
 
         async def go() -> None:
             node = await registry.get_node(pool, node_id)
@@ -736,7 +741,7 @@ class RegistryMachine(RuleBasedStateMachine):
         base = self.model.copy()
         if not keep_data:
             base.lose_data()
-        rejections_before = len(registry.replay_rejections)
+        registry.take_replay_rejections()  # only this outage's rejections are compared below
 
         async def go() -> None:
             await self._ready(registry)
@@ -766,12 +771,13 @@ class RegistryMachine(RuleBasedStateMachine):
                 await asyncio.to_thread(self.server.start)
             await _until(
                 lambda: (
-                    all(r.mode is not Mode.LOCAL_ONLY for r in self.instances) and not len(registry.journal)
+                    all(r.mode is not Mode.LOCAL_ONLY for r in self.instances)
+                    and not registry.state().journal_depth
                 ),
                 CONVERGE_S,
                 lambda: (
                     f"recovery: modes {[r.mode.value for r in self.instances]}, "
-                    f"journal {len(registry.journal)}"
+                    f"journal {registry.state().journal_depth}"
                 ),
             )
 
@@ -783,9 +789,7 @@ class RegistryMachine(RuleBasedStateMachine):
         for op, _ in journal:
             if isinstance(op, JobStart):
                 TALLY[f"replayed_admission:{before.job_start(op.pool, op.node, op.job).reason}"] += 1
-        replayed = [
-            (a.job_id, a.node_id, a.reason) for a in list(registry.replay_rejections)[rejections_before:]
-        ]
+        replayed = [(a.job_id, a.node_id, a.reason) for a in registry.take_replay_rejections()]
         assert replayed == rejected, f"replay rejections {replayed} != model {rejected}"
 
     @staticmethod
@@ -843,7 +847,7 @@ class RegistryMachine(RuleBasedStateMachine):
             if free and op.node not in free:
                 # Aim at a node with room in the local view: only those are admitted locally.
                 op = JobStart(op.inst, op.pool, free[NODE_IDS.index(op.node) % len(free)], op.job)
-            local = registry.l1.peek(op.pool, op.node)
+            local = registry.cached(op.pool, op.node)
             got = await registry.job_start(op.pool, op.node, op.job)
             placeable = local is not None and is_placeable(local)
             TALLY[f"local_admission:{got.reason}"] += 1
@@ -861,7 +865,7 @@ class RegistryMachine(RuleBasedStateMachine):
         """SIGSTOP with reads running: every read answers from L1 within the bound; then SIGCONT."""
         TALLY["fault:pause"] += 1
         before = {(k, p): r.cached_nodes(p) for k, r in enumerate(self.instances) for p in POOLS}
-        epochs = {(k, p): r.sequencer.epoch(p) for k, r in enumerate(self.instances) for p in POOLS}
+        epochs = {(k, p): r.state().positions[p][1] for k, r in enumerate(self.instances) for p in POOLS}
 
         async def reads() -> None:
             end = time.monotonic() + duration
@@ -873,7 +877,7 @@ class RegistryMachine(RuleBasedStateMachine):
                         node = await registry.get_node(pool, node_id)
                         took = time.monotonic() - started
                         assert took < PAUSED_READ_BOUND_S, f"read blocked {took:.3f} s ({registry.mode})"
-                        if registry.sequencer.epoch(pool) == epochs[k, pool]:
+                        if registry.state().positions[pool][1] == epochs[k, pool]:
                             # (An instance still catching up on a data loss may relist with reset.)
                             assert node is not None and node.version >= old.version, f"{node_id}: {node}"
                     started = time.monotonic()
@@ -909,9 +913,10 @@ class RegistryMachine(RuleBasedStateMachine):
         def lagging(states: dict[str, tuple[int, str | None]]) -> list[str]:
             out = []
             for r in self.instances:
-                positions = {p: (r.last_seq(p), r.sequencer.epoch(p)) for p in POOLS}
-                if not r.caught_up() or len(r.journal) or positions != states:
-                    out.append(f"{r.instance}: {r.mode.value} at {positions}, journal {len(r.journal)}")
+                state = r.state()
+                positions = dict(state.positions)
+                if not r.caught_up() or state.journal_depth or positions != states:
+                    out.append(f"{r.instance}: {r.mode.value} at {positions}, journal {state.journal_depth}")
             return out
 
         deadline = time.monotonic() + CONVERGE_S
@@ -961,7 +966,7 @@ class RegistryMachine(RuleBasedStateMachine):
             return
         # Caches first, Redis after: a cache may only be behind the Redis read, never ahead of it.
         caches = {
-            (k, p): (r.cached_nodes(p), r.sequencer.epoch(p), set(r.l1.pool(p).assumed))
+            (k, p): (r.cached_nodes(p), r.state().positions[p][1], r.state().assumed[p])
             for k, r in enumerate(self.instances)
             for p in POOLS
         }

@@ -78,9 +78,9 @@ async def test_data_loss_is_noticed_after_a_log_catch_up(fault_server: RedisServ
     async with LocklessRegistry(cfg, instance="a") as a:
         fault_server.kill_clients("pubsub")
         write(NodeSpec(node_id="n0", pool="p", max_jobs=1))  # published to nobody
-        await eventually(lambda: a.l1.peek("p", "n0") is not None, 5.0, "the catch-up from the log")
+        await eventually(lambda: a.cached("p", "n0") is not None, 5.0, "the catch-up from the log")
         # The catch-up learned the epoch from the log entries it applied.
-        assert a.sequencer.epoch("p") is not None
+        assert a.state().positions["p"][1] is not None
 
         # Redis loses everything; the node comes back with other fields, at version 1 again.
         write(NodeSpec(node_id="n0", pool="p", max_jobs=3, status="draining"), restart_first=True)
@@ -126,9 +126,11 @@ async def test_a_local_admission_redis_does_not_count_leaves_no_phantom_job(
         local = await a.job_start("p", "n0", "j1")
         assert local.admitted and local.reason == "journaled"
         await asyncio.to_thread(fault_server.start)
-        await eventually(lambda: a.mode is Mode.NORMAL and not len(a.journal), 8.0, "replay and recovery")
+        await eventually(
+            lambda: a.mode is Mode.NORMAL and not a.state().journal_depth, 8.0, "replay and recovery"
+        )
         if redis_says == "not_alive":
-            assert [(x.job_id, x.reason) for x in a.replay_rejections] == [("j1", "not_alive")]
+            assert [(x.job_id, x.reason) for x in a.take_replay_rejections()] == [("j1", "not_alive")]
         truth = await redis_view(writer, "p")
         await eventually(
             lambda: cache_view(a, "p") == truth, 3.0, f"L1 {cache_view(a, 'p')} to equal Redis {truth}"
@@ -218,13 +220,13 @@ async def test_data_loss_is_noticed_when_l1_learned_a_pool_by_reads_only(
     cfg = dataclasses.replace(base, subscriber=dataclasses.replace(base.subscriber, ping_interval_s=30.0))
     writer = store_for(cfg)
     async with LocklessRegistry(cfg, instance="a") as a:
-        assert a.last_seq("p") == 0 and a.sequencer.epoch("p") is None  # listed empty
+        assert a.last_seq("p") == 0 and a.state().positions["p"][1] is None  # listed empty
         await a._subscriber.stop()  # no events from here on: the record arrives by a read only
         await writer.register(NodeSpec(node_id="n0", pool="p", max_jobs=1))
         assert (await a.refresh_node("p", "n0")) is not None
-        assert a.last_seq("p") == 0 and a.sequencer.epoch("p") is None  # L1 ahead of the sequencer
+        assert a.last_seq("p") == 0 and a.state().positions["p"][1] is None  # L1 ahead of the sequencer
 
         await writer.close()
         await asyncio.to_thread(fault_server.restart, keep_data=False)
-        await a._probe()  # what the health loop does every ping_interval_s
+        await a._sync.probe()  # what the health loop does every ping_interval_s
         await eventually(lambda: a.cached_nodes("p") == {}, 5.0, "L1 emptied like Redis")

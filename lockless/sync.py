@@ -1,0 +1,330 @@
+"""The pool synchroniser: keeps L1 in step with Redis (DESIGN.md section 5).
+
+Everything that changes L1 because of what Redis says happens here, in one task (the
+applier), in ``seq`` order: change events from the subscription, gap catch-up from the
+pool log, relists, recovery after an outage (journal replay, then every pool repaired)
+and the periodic probe's findings. Work reaches the applier as typed items on one queue
+(:data:`Work`); what to do with an event, or with Redis's position of a pool, is decided
+by the pure ``PoolSequencer``; this class carries the decisions out through the store.
+
+One exception keeps events cheap: the subscriber's callback applies an in-order event
+inline when the applier is idle and its queue empty, so the order is the same either way.
+
+Facts that bear on the mode (a gap, a new epoch, lost data, caught up) are
+reported to the :class:`~lockless.health.HealthMonitor`, never acted on here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from lockless.clock import Clock
+from lockless.config import SubscriberConfig
+from lockless.core.l1 import L1Store
+from lockless.core.modes import Mode
+from lockless.core.sequencer import APPLY, IGNORE, NEW_EPOCH, RELIST, CatchUp, PoolSequencer, Verdict
+from lockless.core.snapshot import ChangeEvent, parse_event
+from lockless.errors import MalformedRecord, RedisUnavailable
+from lockless.health import Fact, HealthMonitor
+from lockless.metrics import Metrics
+from lockless.redis.store import RedisStore
+
+log = logging.getLogger("lockless.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class EventArrived:
+    """A message from the subscription, raw (decoded by the applier)."""
+
+    channel: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RelistPool:
+    """Re-read a whole pool; ``done`` resolves when it is installed (for callers that wait)."""
+
+    pool: str
+    done: asyncio.Future[None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairPool:
+    """Bring one pool up to Redis: catch up from its log if possible, else relist."""
+
+    pool: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """After an outage or a reconnect: replay the journal, repair every pool, then CAUGHT_UP."""
+
+    reason: str
+
+
+Work = EventArrived | RelistPool | RepairPool | Recover
+
+
+class PoolSync:
+    """L1's synchroniser and the subscription's sink. See the module docstring."""
+
+    def __init__(
+        self,
+        config: SubscriberConfig,
+        *,
+        pools: Iterable[str],
+        store: RedisStore,
+        l1: L1Store,
+        health: HealthMonitor,
+        replay_journal: Callable[[], Awaitable[None]],
+        stream_up: Callable[[], bool],
+        clock: Clock,
+        metrics: Metrics,
+        instance: str,
+    ) -> None:
+        self._config = config
+        self._pools = frozenset(pools)
+        self._store = store
+        self._l1 = l1
+        self._health = health
+        self._replay_journal = replay_journal
+        self._stream_up = stream_up
+        self._clock = clock
+        self._metrics = metrics
+        self._instance = instance
+        self.sequencer = PoolSequencer()
+        self._queue: asyncio.Queue[Work] = asyncio.Queue()
+        self._recovering = False
+        # False while the applier works on an item (see on_message's fast path).
+        self._idle = False
+
+    def request(self, work: Work) -> None:
+        """Queue work for the applier."""
+        self._queue.put_nowait(work)
+
+    def caught_up(self) -> bool:
+        """NORMAL, nothing queued, every pool positioned."""
+        return (
+            self._health.mode is Mode.NORMAL
+            and self._queue.empty()
+            and all(self.sequencer.last_seq(p) is not None for p in self._pools)
+        )
+
+    # ------------------------------------------------------- subscription sink
+    # Callbacks of the subscriber task: they only enqueue (or apply in order, see above).
+    def on_message(self, channel: str, data: bytes) -> None:
+        self._health.heard()
+        if self._idle and self._queue.empty() and self._apply_inline(channel, data):
+            return
+        self._queue.put_nowait(EventArrived(channel, data))
+
+    def _apply_inline(self, channel: str, data: bytes) -> bool:
+        pool = self._store.keys.pool_of_channel(channel)
+        try:
+            event = parse_event(data)
+        except MalformedRecord:
+            return False  # the applier counts it and repairs
+        if event.pool != pool or pool not in self._pools:
+            return False
+        decision = self.sequencer.on_event(pool, event.seq, event.epoch)
+        if decision is APPLY:
+            self._apply(event, live=True)
+            return True
+        if decision is IGNORE:
+            self._metrics.counters["events_ignored"] += 1
+            return True
+        return False  # on_event changed no position for these; the applier judges again
+
+    def on_subscribed(self, reconnect: bool) -> None:
+        self._health.heard()
+        if reconnect:
+            self._metrics.inc("reconnects")
+            self.request(Recover("event subscription re-established"))
+
+    def on_stream_lost(self, reason: str) -> None:
+        self._health.report(Fact.SUBSCRIPTION_LOST, f"event subscription lost: {reason}")
+
+    def on_pong(self, rtt_s: float) -> None:
+        self._health.heard()
+
+    # ------------------------------------------------------------ the applier
+    async def run(self, closing: Callable[[], bool]) -> None:
+        """The applier task: one work item at a time, until ``closing()``."""
+        while not closing():
+            self._idle = True
+            work = await self._queue.get()
+            self._idle = False
+            done = work.done if isinstance(work, RelistPool) else None
+            try:
+                match work:
+                    case EventArrived(channel, data):
+                        await self._on_event(channel, data)
+                    case RelistPool(pool):
+                        await self.relist(pool)
+                    case RepairPool(pool, reason):
+                        await self._repair(pool, reason)
+                    case Recover(reason):
+                        await self._recover(reason)
+            except RedisUnavailable as exc:
+                self._health.report(Fact.REDIS_FAILED, f"applier: {exc}")
+                self._health.report(Fact.REPAIR_INTERRUPTED, f"repair interrupted: {exc}")
+                if done is not None and not done.done():
+                    done.set_exception(exc)
+            except Exception as exc:  # the loop must survive anything one item does
+                log.exception("%s: applier failed on %r", self._instance, work)
+                if done is not None and not done.done():
+                    done.set_exception(exc)
+            else:
+                if done is not None and not done.done():
+                    done.set_result(None)
+
+    async def _on_event(self, channel: str, data: bytes) -> None:
+        pool = self._store.keys.pool_of_channel(channel)
+        try:
+            event = parse_event(data)
+            if pool not in self._pools or event.pool != pool:
+                raise MalformedRecord(event.node_id, "pool", f"is {event.pool!r} on channel {channel!r}")
+        except MalformedRecord as exc:
+            self._metrics.inc("events_malformed")
+            log.error("%s: bad event on %s (%s); relisting", self._instance, channel, exc)
+            if pool in self._pools:
+                self.sequencer.invalidate(pool)
+                await self._repair(pool, f"malformed event: {exc}")
+            return
+        await self._judge(event)
+
+    async def _judge(self, event: ChangeEvent) -> None:
+        decision = self.sequencer.on_event(event.pool, event.seq, event.epoch)
+        if decision is APPLY:
+            self._apply(event, live=True)
+        elif decision is IGNORE:
+            self._metrics.inc("events_ignored")
+        elif decision is NEW_EPOCH:
+            # Redis lost its data: seqs restarted, so the event cannot be placed by seq.
+            self._health.report(Fact.NEW_EPOCH, f"pool {event.pool} epoch changed")
+            await self.relist(event.pool)
+            if self._health.mode is Mode.L2_ONLY and not self._recovering:
+                self.request(Recover(f"pool {event.pool} relisted after epoch change"))
+        elif decision is RELIST:
+            await self._repair(event.pool, "event before the pool was listed")
+            await self._judge(event)
+        elif isinstance(decision, CatchUp):
+            self._metrics.inc("gaps")
+            self._health.report(
+                Fact.GAP, f"gap in {event.pool}: expected {decision.from_seq}, got {event.seq}"
+            )
+            await self._catch_up(event.pool, decision.to_seq)
+            if self.sequencer.last_seq(event.pool) is not None:
+                await self._judge(event)
+            if self._health.mode is Mode.L2_ONLY and self._stream_up() and not self._recovering:
+                self._health.report(Fact.CAUGHT_UP, f"gap in {event.pool} repaired")
+
+    def _apply(self, event: ChangeEvent, *, live: bool) -> None:
+        if event.record is None:
+            self._l1.remove(event.pool, event.node_id, event.version)
+        else:
+            self._l1.apply(event.record, self._clock.monotonic())
+        self._metrics.counters["events_applied"] += 1
+        if live:
+            sent_us = event.ts_us if event.ts_us is not None else event.ts_ms * 1000
+            self._metrics.observe_us("propagation_us", self._clock.wall() * 1e6 - sent_us)
+
+    # ---------------------------------------------------------------- repairs
+    async def _catch_up(self, pool: str, to_seq: int) -> None:
+        """Apply the pool log from ``last_seq + 1`` through ``to_seq``; relist if it was trimmed."""
+        started = self._clock.monotonic()
+        while (last := self.sequencer.last_seq(pool)) is not None and last < to_seq:
+            read = await self._store.read_log(pool, last + 1, count=self._config.catchup_batch)
+            if not read.complete or read.malformed:
+                self._metrics.inc("events_malformed", len(read.malformed))
+                await self.relist(pool)
+                return
+            for event in read.events:
+                decision = self.sequencer.on_event(pool, event.seq, event.epoch)
+                if decision is NEW_EPOCH:
+                    # The log is of another life of the pool than L1's records: the relist
+                    # sees the changed epoch, counts it and resets.
+                    await self.relist(pool)
+                    return
+                if decision is APPLY:
+                    self._apply(event, live=False)
+            if self.sequencer.last_seq(pool) == last:  # nothing applied: the log has a hole
+                await self.relist(pool)
+                return
+        self._metrics.inc("catchups")
+        self._metrics.observe_us("catchup_us", (self._clock.monotonic() - started) * 1e6)
+
+    async def relist(self, pool: str) -> None:
+        """Install a full listing of ``pool`` read from Redis (``seq`` read before the records)."""
+        started = self._clock.monotonic()
+        high_water = self._l1.high_water(pool)
+        listing = await self._store.relist(pool, batch=self._config.catchup_batch)
+        lost = self.sequencer.lost_data(pool, listing.seq, listing.epoch, high_water)
+        if lost:
+            self._metrics.inc("epoch_changes")
+            log.warning("%s: pool %s lost its data in Redis; versions restart", self._instance, pool)
+        for bad in listing.malformed:
+            self._metrics.inc("events_malformed")
+            log.error("%s: relist of %s skipped a record: %s", self._instance, pool, bad)
+        self._l1.replace_pool(pool, listing.nodes, self._clock.monotonic(), reset=lost, seq=listing.seq)
+        self.sequencer.synced(pool, listing.seq, listing.epoch)
+        self._health.heard()
+        self._metrics.inc("relists")
+        self._metrics.observe_us("catchup_us", (self._clock.monotonic() - started) * 1e6)
+
+    async def _repair(self, pool: str, reason: str) -> None:
+        """Bring one pool up to Redis: catch up from the log if possible, else relist."""
+        log.info("%s: repairing pool %s (%s)", self._instance, pool, reason)
+        high_water = self._l1.high_water(pool)
+        seq, epoch = (await self._store.pool_states([pool]))[pool]
+        await self._carry_out(pool, self.sequencer.plan(pool, seq, epoch, high_water))
+
+    async def _carry_out(self, pool: str, plan: Verdict | CatchUp) -> None:
+        if plan is RELIST:
+            await self.relist(pool)
+        elif isinstance(plan, CatchUp):
+            await self._catch_up(pool, plan.to_seq)
+
+    async def _recover(self, reason: str) -> None:
+        """After an outage or a reconnect: replay the journal, repair every pool, then CAUGHT_UP."""
+        if self._health.mode is Mode.LOCAL_ONLY or self._recovering:
+            return
+        self._recovering = True
+        try:
+            await self._replay_journal()
+            high_waters = {pool: self._l1.high_water(pool) for pool in self._pools}
+            states = await self._store.pool_states(sorted(self._pools))
+            for pool, (seq, epoch) in states.items():
+                await self._carry_out(pool, self.sequencer.plan(pool, seq, epoch, high_waters[pool]))
+        finally:
+            self._recovering = False
+        if self._stream_up():
+            self._health.report(Fact.CAUGHT_UP, reason)
+
+    # ------------------------------------------------------------------ probe
+    async def probe(self) -> None:
+        """Read every pool's seq and epoch: Redis liveness, lost data, and events lost silently."""
+        high_waters = {pool: self._l1.high_water(pool) for pool in self._pools}
+        try:
+            states = await self._store.pool_states(sorted(self._pools))
+        except RedisUnavailable as exc:
+            self._health.report(Fact.REDIS_FAILED, f"probe: {exc}")
+            return
+        self._health.report(Fact.REDIS_ANSWERED)
+        mode = self._health.mode
+        if mode is not Mode.NORMAL:
+            if mode is Mode.L2_ONLY and self._stream_up() and self._queue.empty():
+                self.request(Recover("probe found the stream healthy"))
+            return
+        for pool, (seq, epoch) in states.items():
+            verdict = self.sequencer.probe(pool, seq, epoch, high_waters[pool])
+            if verdict is Verdict.LOST_DATA:
+                self._health.report(Fact.DATA_LOST, f"pool {pool} lost its data (epoch or seq went back)")
+                self.request(Recover(f"pool {pool} relisted after a loss of data"))
+            elif verdict is Verdict.STALLED:
+                self._metrics.inc("gaps")
+                self.request(RepairPool(pool, f"{pool} behind Redis at two probes in a row"))

@@ -1,0 +1,253 @@
+"""The write path: every write to Redis, or to the journal when Redis is out of reach.
+
+Each write is a command value (``lockless.core.commands``) and takes one path,
+:meth:`WritePath._redis_else`: send it to Redis, or, in LOCAL_ONLY (or when this very
+failure opens the circuit), hand it to its offline fallback, which journals it. While a
+journal is pending, new writes queue behind it, so a live ``job_finish`` can never reach
+Redis before the journaled ``job_start`` it undoes.
+
+The answers of our own writes update L1 at once ("assumed", DESIGN.md section 6): an
+admission or a release carries the node's job count at a version, and a removal its
+version. The first real snapshot at that version or newer retires the assumption.
+
+``job_start`` is the one write with a different offline fallback: in LOCAL_ONLY it
+admits against the local view (never past the node's free slots) and journals; Redis
+re-checks on replay, and an admission refused then is kept for the scheduler
+(:meth:`WritePath.take_replay_rejections`): the job must be placed again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from lockless.clock import Clock
+from lockless.core.commands import Heartbeat, JobFinish, JobStart, Register, Remove, WriteCommand
+from lockless.core.journal import JournalEntry, WriteJournal
+from lockless.core.l1 import L1Store
+from lockless.core.modes import Mode
+from lockless.core.selection import is_placeable
+from lockless.core.snapshot import NodeSnapshot, NodeSpec
+from lockless.errors import JournalFull, RedisUnavailable, UnknownPool
+from lockless.health import Fact, HealthMonitor
+from lockless.metrics import Metrics
+from lockless.protocol import Admission, HeartbeatResult
+from lockless.redis.store import RedisStore
+
+log = logging.getLogger("lockless.registry")
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class WritePath:
+    """Writes of one instance: Redis, else the journal; and the journal's replay."""
+
+    def __init__(
+        self,
+        *,
+        pools: frozenset[str],
+        store: RedisStore,
+        l1: L1Store,
+        journal: WriteJournal,
+        health: HealthMonitor,
+        clock: Clock,
+        metrics: Metrics,
+        instance: str,
+    ) -> None:
+        self._pools = pools
+        self._store = store
+        self._l1 = l1
+        self._journal = journal
+        self._health = health
+        self._clock = clock
+        self._metrics = metrics
+        self._instance = instance
+        #: Journaled admissions Redis refused on replay, not yet taken by the scheduler.
+        self._replay_rejections: deque[Admission] = deque(maxlen=10_000)
+
+    def _check_pool(self, pool: str) -> None:
+        if pool not in self._pools:
+            raise UnknownPool(pool, tuple(sorted(self._pools)))
+
+    # ------------------------------------------------------------ the one path
+    async def _redis_else(
+        self, what: str, call: Callable[[], Awaitable[T]], offline: Callable[[], U]
+    ) -> T | U:
+        """Run ``call`` against Redis; in LOCAL_ONLY, or if this failure opens the circuit, ``offline()``."""
+        if self._health.mode is not Mode.LOCAL_ONLY and not len(self._journal):
+            try:
+                result = await call()
+            except RedisUnavailable as exc:
+                self._health.report(Fact.REDIS_FAILED, f"{what}: {exc}")
+                if self._health.mode is not Mode.LOCAL_ONLY:
+                    raise
+            else:
+                self._health.report(Fact.REDIS_ANSWERED)
+                return result
+        return offline()
+
+    def _to_journal(self, command: WriteCommand) -> JournalEntry:
+        try:
+            entry = self._journal.append(command, now=self._clock.monotonic())
+        except JournalFull:
+            self._metrics.inc("journal_rejections")
+            raise
+        self._metrics.inc("journal_appends")
+        return entry
+
+    def _assume(self, base: NodeSnapshot | None, current_jobs: int, version: int) -> None:
+        if base is not None:
+            self._l1.assume(base.with_jobs(current_jobs, version), self._clock.monotonic())
+
+    # ----------------------------------------------------------------- writes
+    async def register(self, spec: NodeSpec) -> int:
+        """Create or replace a node record; its version (0 when journaled)."""
+        self._check_pool(spec.pool)
+        command = Register(spec=spec)
+        result = await self._redis_else(
+            "register", lambda: self._store.register(spec), lambda: self._to_journal(command)
+        )
+        return 0 if isinstance(result, JournalEntry) else result
+
+    async def heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
+        self._check_pool(beat.pool)
+        result = await self._redis_else(
+            "heartbeat", lambda: self._store.heartbeat(beat), lambda: self._to_journal(beat)
+        )
+        if isinstance(result, JournalEntry):
+            version = self._l1.version_of(beat.pool, beat.node_id)
+            return HeartbeatResult(node_id=beat.node_id, version=version, changed=False, journaled=True)
+        return result
+
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]:
+        """Heartbeats in one pipelined round trip (journaled one by one offline)."""
+        if not beats:
+            return []
+        for beat in beats:
+            self._check_pool(beat.pool)
+        results = await self._redis_else(
+            f"heartbeat x{len(beats)}", lambda: self._store.heartbeat_many(beats), lambda: None
+        )
+        if results is not None:
+            return results
+        return [await self.heartbeat(beat) for beat in beats]
+
+    async def remove(self, pool: str, node_id: str) -> bool:
+        """Remove a node; True if it existed (offline: if this instance knows it)."""
+        self._check_pool(pool)
+        command = Remove(pool=pool, node_id=node_id)
+        result = await self._redis_else(
+            "remove", lambda: self._store.remove(pool, node_id), lambda: self._to_journal(command)
+        )
+        if isinstance(result, JournalEntry):
+            return self._l1.peek(pool, node_id) is not None
+        if result:
+            self._l1.remove(pool, node_id, result)
+        return bool(result)
+
+    async def job_start(self, pool: str, node_id: str, job_id: str) -> Admission:
+        """Admission control in Redis; the answer is reflected in L1 at once ("assumed")."""
+        self._check_pool(pool)
+        command = JobStart(pool=pool, node_id=node_id, job_id=job_id)
+        admission = await self._redis_else(
+            "job_start",
+            lambda: self._store.job_start(pool, node_id, job_id),
+            lambda: self._admit_locally(command),
+        )
+        if admission.reason == "journaled":
+            return admission
+        self._metrics.inc("admissions" if admission.admitted else "rejections")
+        if admission.version > 0:
+            # Our own write told us the node's job count at a version: use it now rather than
+            # wait for the event (it also corrects a stale "free" view after a 'full' rejection).
+            self._assume(self._l1.peek(pool, node_id), admission.current_jobs, admission.version)
+        return admission
+
+    def _admit_locally(self, command: JobStart) -> Admission:
+        """LOCAL_ONLY: admit against the local view and journal; Redis re-checks on replay."""
+        node = self._l1.peek(command.pool, command.node_id)
+        if node is None or not is_placeable(node):
+            reason = "not_alive" if node is None else ("draining" if node.status != "up" else "full")
+            self._metrics.inc("rejections")
+            return Admission(
+                admitted=False,
+                node_id=command.node_id,
+                job_id=command.job_id,
+                reason=reason,
+                version=node.version if node else 0,
+            )
+        self._to_journal(command)
+        # Same version: the local count is an assumption until Redis confirms it on replay.
+        self._assume(node, node.current_jobs + 1, node.version)
+        return Admission(
+            admitted=True,
+            node_id=command.node_id,
+            job_id=command.job_id,
+            version=node.version,
+            reason="journaled",
+            current_jobs=node.current_jobs + 1,
+            max_jobs=node.max_jobs,
+        )
+
+    async def job_finish(self, pool: str, node_id: str, job_id: str) -> bool:
+        """Release ``job_id``'s slot. Idempotent; True if this call released it (or journaled it)."""
+        self._check_pool(pool)
+        command = JobFinish(pool=pool, node_id=node_id, job_id=job_id)
+        result = await self._redis_else(
+            "job_finish",
+            lambda: self._store.job_finish(pool, node_id, job_id),
+            lambda: self._to_journal(command),
+        )
+        if isinstance(result, JournalEntry):
+            return True
+        released, version, current = result
+        if released:
+            self._assume(self._l1.peek(pool, node_id), current, version)
+        return released
+
+    # ----------------------------------------------------------------- replay
+    @property
+    def journal_depth(self) -> int:
+        return len(self._journal)
+
+    def take_replay_rejections(self) -> list[Admission]:
+        """Journaled admissions Redis refused on replay since the last call."""
+        taken = list(self._replay_rejections)
+        self._replay_rejections.clear()
+        return taken
+
+    async def replay(self) -> None:
+        """Send the journal to Redis, oldest first; raises RedisUnavailable if Redis fails meanwhile
+        (what was not acknowledged stays journaled for the next attempt)."""
+        admitted_locally: dict[str, set[str]] = {}
+        # Re-read the head each time: writes made during the replay are journaled behind it
+        # (see _redis_else), and a heartbeat coalesced into the head must be replayed again.
+        while (entry := self._journal.head()) is not None:
+            command = entry.command
+            result = await self._store.send(command)
+            if isinstance(command, JobStart):
+                admitted_locally.setdefault(command.pool, set()).add(command.node_id)
+                assert isinstance(result, Admission)
+                if not result.admitted:
+                    self._replay_rejections.append(result)
+                    self._metrics.inc("replay_rejections")
+                    log.warning(
+                        "%s: journaled admission of %s on %s rejected on replay (%s)",
+                        self._instance,
+                        result.job_id,
+                        command.node_id,
+                        result.reason,
+                    )
+            if self._journal.ack(entry):
+                self._metrics.inc("journal_replays")
+        # A local admission is assumed in L1 at the node's old version. When Redis refused the
+        # job on replay (or already held it) no new version follows, so no event would ever
+        # retire the assumption: re-read those nodes, which replaces same-version assumptions.
+        now = self._clock.monotonic()
+        for pool, node_ids in admitted_locally.items():
+            for node in (await self._store.get_nodes(pool, sorted(node_ids))).values():
+                if isinstance(node, NodeSnapshot):
+                    self._l1.apply(node, now)
