@@ -37,7 +37,14 @@ from lockless.errors import (
     StaleRead,
     UnknownPool,
 )
-from lockless.metrics import HistogramSummary, Metrics, MetricsSnapshot, new_histogram, to_prometheus
+from lockless.metrics import (
+    HistogramSummary,
+    Metrics,
+    MetricsSnapshot,
+    PrometheusCollector,
+    new_histogram,
+    to_prometheus,
+)
 from lockless.protocol import (
     PLACEMENT_CANDIDATES,
     Admission,
@@ -80,6 +87,7 @@ __all__ = [
     "Placement",
     "PoolListing",
     "PoolView",
+    "PrometheusCollector",
     "ReadResult",
     "RedisConfig",
     "RedisStore",
