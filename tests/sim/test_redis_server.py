@@ -263,3 +263,24 @@ def test_flushall_empties_every_db(fault_server: RedisServer) -> None:
     client(fault_server.url).set("k", "v")
     fault_server.flushall()
     assert client(fault_server.url).dbsize() == 0
+
+
+@pytest.mark.parametrize("kind", [ServerKind.REDIS, ServerKind.VALKEY])
+def test_sharded_pubsub_exists_on_valkey_only(kind: ServerKind) -> None:
+    # The library picks SSUBSCRIBE/SPUBLISH or SUBSCRIBE/PUBLISH from the server it talks to;
+    # pin what each embedded server answers, whichever LOCKLESS_SERVER this run uses.
+    with RedisServer(server=kind) as srv:
+        assert srv.server.sharded_pubsub is (kind is ServerKind.VALKEY)
+        sub = client(srv.url).pubsub()
+        if not srv.server.sharded_pubsub:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                sub.ssubscribe("{pool}:events")
+                sub.get_sharded_message(timeout=2.0)
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                client(srv.url).spublish("{pool}:events", "x")
+            return
+        sub.ssubscribe("{pool}:events")
+        assert sub.get_sharded_message(timeout=2.0)["type"] == "ssubscribe"  # type: ignore[index]
+        assert client(srv.url).spublish("{pool}:events", "x") == 1
+        assert sub.get_sharded_message(timeout=2.0)["data"] == b"x"  # type: ignore[index]
+        sub.close()
