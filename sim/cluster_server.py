@@ -22,8 +22,9 @@ kernel's ephemeral range.
 
 Every method is synchronous and bounded by a timeout, like ``RedisServer``'s; from
 asyncio call it through ``asyncio.to_thread``. A lock serialises the faults, so calls
-from several threads are safe. Every process is killed at interpreter exit (the
-``RedisServer`` atexit hook), and :meth:`LocalCluster.cleanup` removes the workdirs.
+from several threads are safe. Nothing outlives the interpreter: at exit every node is
+killed and every workdir removed (atexit hooks here and in ``sim.redis_server``), as
+:meth:`LocalCluster.cleanup` does.
 
     >>> with LocalCluster() as cluster:                       # doctest: +SKIP
     ...     rc = redis.cluster.RedisCluster(startup_nodes=[
@@ -35,6 +36,7 @@ from several threads are safe. Every process is killed at interpreter exit (the
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import enum
 import random
@@ -63,6 +65,17 @@ _PORT_RANGE = (10000, 22767)
 # Errors valkey-cli accepts from SETSLOT NODE on the source (valkey-cli.c clusterManagerMoveSlot).
 _SETSLOT_ACCEPTABLE = ("only with masters", "only with primaries", "UNBLOCKED", "NOREPLICAS")
 _POLL_S = 0.02  # poll interval of every wait; the deadline, not this, bounds the wait
+
+
+# Clusters started and not yet cleaned up. RedisServer's own atexit hook kills every running
+# node; this one also removes the workdirs of nodes that were down at exit.
+_LIVE_CLUSTERS: set[LocalCluster] = set()
+
+
+@atexit.register
+def _cleanup_survivors() -> None:
+    for cluster in list(_LIVE_CLUSTERS):
+        cluster.cleanup()
 
 
 class ClusterError(RedisServerError):
@@ -211,6 +224,7 @@ class LocalCluster:
                 raise ClusterError("cluster already started")
             deadline = time.monotonic() + timeout
             count = self._primaries * (1 + self._replicas_per_primary)
+            _LIVE_CLUSTERS.add(self)
             try:
                 for index in range(count):
                     self._nodes.append(self._spawn_node(index, deadline))
@@ -226,6 +240,7 @@ class LocalCluster:
                 node.server.kill()
                 node.server.cleanup()
             self._nodes = []
+            _LIVE_CLUSTERS.discard(self)
 
     def __enter__(self) -> LocalCluster:
         self.start()
