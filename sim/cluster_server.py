@@ -37,31 +37,23 @@ killed and every workdir removed (atexit hooks here and in ``sim.redis_server``)
 from __future__ import annotations
 
 import atexit
-import contextlib
 import enum
-import random
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
 
-from sim.cluster_view import SLOTS, NodeReport, NodeView, parse_cluster_nodes, settle_problems
-from sim.redis_server import _NO_SETINFO, RedisServer, RedisServerError, ServerBinary, ServerKind, find_server
+from lockless.errors import ConfigError
+from sim.cluster_node import HOST, ClusterError, LocalNode, spawn_node
+from sim.cluster_view import SLOTS, NodeReport, NodeView, settle_problems
+from sim.redis_server import RedisServerError, ServerBinary, ServerKind, find_server
 
 __all__ = ["ClusterError", "FailoverMode", "LocalCluster", "LocalNode"]
 
-_HOST = "127.0.0.1"
-_BUS_OFFSET = 10000  # the cluster bus listens on port + 10000 (fixed in Redis 6.2)
-# Client ports 10000-22767 put bus ports at 20000-32767: both below the ephemeral range
-# (32768+), where the kernel hands out the ports of outgoing connections.
-_PORT_RANGE = (10000, 22767)
 # Errors valkey-cli accepts from SETSLOT NODE on the source (valkey-cli.c clusterManagerMoveSlot).
 _SETSLOT_ACCEPTABLE = ("only with masters", "only with primaries", "UNBLOCKED", "NOREPLICAS")
 _POLL_S = 0.02  # poll interval of every wait; the deadline, not this, bounds the wait
@@ -78,10 +70,6 @@ def _cleanup_survivors() -> None:
         cluster.cleanup()
 
 
-class ClusterError(RedisServerError):
-    """The cluster could not be formed, or a fault or query on it failed; names the node and the step."""
-
-
 class FailoverMode(enum.StrEnum):
     """How :meth:`LocalCluster.failover` asks a replica to take over (``CLUSTER FAILOVER``)."""
 
@@ -91,61 +79,6 @@ class FailoverMode(enum.StrEnum):
     """No handshake with the primary (it may be down), but an election among the primaries."""
     TAKEOVER = "takeover"
     """No handshake and no election: the replica bumps its epoch and claims the slots alone."""
-
-
-class LocalNode:
-    """One node process of a :class:`LocalCluster`; the same port, workdir and node id across restarts."""
-
-    def __init__(self, index: int, server: RedisServer) -> None:
-        self.index = index
-        self.server = server
-        self._node_id = ""
-
-    @property
-    def node_id(self) -> str:
-        """The 40-hex cluster node id (kept in the workdir's ``nodes.conf``)."""
-        if not self._node_id:
-            raise ClusterError(f"{self.name}: node id unknown before the cluster is started")
-        return self._node_id
-
-    @property
-    def name(self) -> str:
-        """``node-<index> (127.0.0.1:<port>)``, as errors and logs name it."""
-        return f"node-{self.index} ({self.address})"
-
-    @property
-    def host(self) -> str:
-        """``127.0.0.1``."""
-        return _HOST
-
-    @property
-    def port(self) -> int:
-        """Client port (its cluster-bus port is this + 10000)."""
-        return self.server.port
-
-    @property
-    def address(self) -> str:
-        """``127.0.0.1:<port>``, as ``CLUSTER NODES`` and MOVED redirections spell it."""
-        return f"{_HOST}:{self.server.port}"
-
-    @property
-    def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``: a plain (non-cluster) connection to this node alone."""
-        return self.server.url
-
-    @property
-    def pid(self) -> int | None:
-        """Process id while running, else ``None`` (for CPU accounting)."""
-        return self.server.pid
-
-    @property
-    def up(self) -> bool:
-        """Running and not paused: expected to answer."""
-        return self.server.running and not self.server.paused
-
-    def __repr__(self) -> str:
-        state = "paused" if self.server.paused else "running" if self.server.running else "down"
-        return f"<LocalNode {self.name} {self._node_id[:8] or '?'} {state}>"
 
 
 class LocalCluster:
@@ -170,13 +103,12 @@ class LocalCluster:
         require_full_coverage: bool = False,
         extra_args: Sequence[str] = (),
     ) -> None:
-        if primaries < 1 or replicas_per_primary < 0:
-            raise ValueError(
-                f"primaries: got {primaries}, replicas_per_primary: got {replicas_per_primary}; "
-                "allowed: primaries >= 1, replicas_per_primary >= 0"
-            )
+        if primaries < 1:
+            raise ConfigError("primaries", primaries, ">= 1")
+        if replicas_per_primary < 0:
+            raise ConfigError("replicas_per_primary", replicas_per_primary, ">= 0")
         if node_timeout_ms < 100:
-            raise ValueError(f"node_timeout_ms: got {node_timeout_ms}; allowed: >= 100")
+            raise ConfigError("node_timeout_ms", node_timeout_ms, ">= 100")
         self._binary = server if isinstance(server, ServerBinary) else find_server(server)
         self._primaries = primaries
         self._replicas_per_primary = replicas_per_primary
@@ -210,7 +142,7 @@ class LocalCluster:
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:
         """``(host, port)`` of every node, for ``redis.cluster.ClusterNode(host, port)``."""
-        return [(_HOST, n.port) for n in self._nodes]
+        return [(HOST, n.port) for n in self._nodes]
 
     @property
     def urls(self) -> list[str]:
@@ -227,7 +159,7 @@ class LocalCluster:
             _LIVE_CLUSTERS.add(self)
             try:
                 for index in range(count):
-                    self._nodes.append(self._spawn_node(index, deadline))
+                    self._nodes.append(spawn_node(index, self._binary, self._args, deadline))
                 self._form(deadline)
             except BaseException:
                 self.cleanup()
@@ -262,7 +194,7 @@ class LocalCluster:
 
     def nodes(self) -> list[NodeView]:
         """``CLUSTER NODES`` as the first live node sees it (every live node agrees after a fault returns)."""
-        return self._views(self._any_live())
+        return self._any_live().views()
 
     def primaries(self) -> list[LocalNode]:
         """The nodes that own slots now, in creation order."""
@@ -290,7 +222,7 @@ class LocalCluster:
     def primary_for_slot(self, slot: int) -> LocalNode:
         """The node that owns ``slot`` now."""
         if not 0 <= slot < SLOTS:
-            raise ValueError(f"slot: got {slot}; allowed: 0..{SLOTS - 1}")
+            raise ConfigError("slot", slot, f"0..{SLOTS - 1}")
         for v in self.nodes():
             if v.role == "primary" and v.owns(slot):
                 return self._by_id(v.node_id)
@@ -376,7 +308,7 @@ class LocalCluster:
             args = ["CLUSTER", "FAILOVER"] + (
                 [] if chosen_mode is FailoverMode.GRACEFUL else [chosen_mode.upper()]
             )
-            self._command(target, "failover", *args)
+            target.command(*args, step="failover")
             return self._wait_promoted(primary, slots, [target], timeout, f"failover {chosen_mode}")
 
     def restart(
@@ -408,7 +340,7 @@ class LocalCluster:
             if not allow_failover and node._node_id and self._is_primary_now(node):
                 blocked = [r for r in self.replicas_of(node) if r.up]
             for replica in blocked:
-                self._command(replica, "restart", "CONFIG", "SET", "cluster-replica-no-failover", "yes")
+                replica.command("CONFIG", "SET", "cluster-replica-no-failover", "yes", step="restart")
             try:
                 node.server.kill()
                 try:
@@ -419,9 +351,7 @@ class LocalCluster:
             finally:
                 for replica in blocked:
                     if replica.up:
-                        self._command(
-                            replica, "restart", "CONFIG", "SET", "cluster-replica-no-failover", "no"
-                        )
+                        replica.command("CONFIG", "SET", "cluster-replica-no-failover", "no", step="restart")
 
     def move_slot(self, slot: int, to_primary: LocalNode, *, batch: int = 100, timeout: float = 30.0) -> int:
         """Move ``slot`` to ``to_primary`` while clients keep using it; return how many keys moved.
@@ -441,28 +371,28 @@ class LocalCluster:
             if not to_primary.up or not self._is_primary_now(to_primary):
                 raise ClusterError(f"move_slot {slot}: {to_primary.name} is not a live primary")
             step = f"move_slot {slot} {source.name} -> {to_primary.name}"
-            self._command(to_primary, step, "CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
-            self._command(source, step, "CLUSTER", "SETSLOT", slot, "MIGRATING", to_primary.node_id)
+            to_primary.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id, step=step)
+            source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", to_primary.node_id, step=step)
             moved = 0
             deadline = time.monotonic() + timeout
             migrate_timeout_ms = int(min(timeout, 10.0) * 1000)
             while True:
-                keys = self._command(source, step, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+                keys = source.command("CLUSTER", "GETKEYSINSLOT", slot, batch, step=step)
                 if not keys:
                     break
                 if time.monotonic() >= deadline:
                     raise ClusterError(f"{step}: keys still left on {source.name} after {timeout} s")
                 # "" as the single key, then KEYS ...: the multi-key form. NOKEY means every
                 # key of the batch was deleted meanwhile by a client: nothing to move.
-                reply = self._command(
-                    source, step, "MIGRATE", _HOST, to_primary.port, "", 0, migrate_timeout_ms, "KEYS", *keys
+                reply = source.command(
+                    "MIGRATE", HOST, to_primary.port, "", 0, migrate_timeout_ms, "KEYS", *keys, step=step
                 )
                 if reply not in (b"OK", b"NOKEY", "OK", "NOKEY", True):
                     raise ClusterError(f"{step}: MIGRATE on {source.name} answered {reply!r}")
                 moved += len(keys)
             # Destination first: if it then crashed, the slot would still have an owner
             # (valkey-cli's order; redis/redis#7116).
-            self._command(to_primary, step, "CLUSTER", "SETSLOT", slot, "NODE", to_primary.node_id)
+            to_primary.command("CLUSTER", "SETSLOT", slot, "NODE", to_primary.node_id, step=step)
             self._setslot_node_tolerant(source, slot, to_primary, step)
             for other in self._live_primaries():
                 if other not in (source, to_primary):
@@ -501,47 +431,29 @@ class LocalCluster:
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _spawn_node(self, index: int, deadline: float) -> LocalNode:
-        # Our own port pick (port and bus port free), so a lost race is retried here.
-        last: Exception | None = None
-        for _ in range(10):
-            server = RedisServer(port=_free_port_pair(), server=self._binary, extra_args=self._args)
-            try:
-                server.start(timeout=max(1.0, deadline - time.monotonic()))
-            except RedisServerError as exc:
-                server.cleanup()
-                if "in use" not in str(exc):
-                    raise ClusterError(f"node-{index} did not start: {exc}") from exc
-                last = exc
-                continue
-            node = LocalNode(index, server)
-            node._node_id = str(self._command(node, "start", "CLUSTER", "MYID"), "ascii")
-            return node
-        raise ClusterError(f"node-{index}: no free port pair after 10 tries: {last}")
-
     def _form(self, deadline: float) -> None:
         primaries = self._nodes[: self._primaries]
         bounds = [SLOTS * i // len(primaries) for i in range(len(primaries) + 1)]
         for i, primary in enumerate(primaries):
-            self._command(primary, "form", "CLUSTER", "ADDSLOTS", *range(bounds[i], bounds[i + 1]))
+            primary.command("CLUSTER", "ADDSLOTS", *range(bounds[i], bounds[i + 1]), step="form")
         # Distinct epochs before meeting, so no two primaries start in a config-epoch collision.
         for epoch, node in enumerate(self._nodes, start=1):
-            self._command(node, "form", "CLUSTER", "SET-CONFIG-EPOCH", epoch)
+            node.command("CLUSTER", "SET-CONFIG-EPOCH", epoch, step="form")
         first = self._nodes[0]
         for node in self._nodes[1:]:
-            self._command(node, "form", "CLUSTER", "MEET", _HOST, first.port)
+            node.command("CLUSTER", "MEET", HOST, first.port, step="form")
         all_ids = {n.node_id for n in self._nodes}
 
         def everyone_knows_everyone() -> str | None:
             for node in self._nodes:
-                known = {v.node_id for v in self._views(node) if v.healthy}
+                known = {v.node_id for v in node.views() if v.healthy}
                 if known != all_ids:
                     return f"{node.name} knows {len(known & all_ids)} of {len(all_ids)} nodes"
             return None
 
         self._poll(everyone_knows_everyone, deadline, "form: meet")
         for index, replica in enumerate(self._nodes[self._primaries :]):
-            self._command(replica, "form", "CLUSTER", "REPLICATE", primaries[index % len(primaries)].node_id)
+            replica.command("CLUSTER", "REPLICATE", primaries[index % len(primaries)].node_id, step="form")
         self.wait_settled(max(1.0, deadline - time.monotonic()))
 
     def _takeover_plan(
@@ -585,37 +497,12 @@ class LocalCluster:
 
     def _setslot_node_tolerant(self, node: LocalNode, slot: int, owner: LocalNode, step: str) -> None:
         try:
-            self._command(node, step, "CLUSTER", "SETSLOT", slot, "NODE", owner.node_id)
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", owner.node_id, step=step)
         except ClusterError as exc:
             # valkey-cli accepts these: the node just turned replica, or its SETSLOT was
             # unblocked while replicating to its replicas; gossip carries the change anyway.
             if not any(s in str(exc) for s in _SETSLOT_ACCEPTABLE):
                 raise
-
-    def _settle_problems(self) -> list[str]:
-        live = [n for n in self._nodes if n.up]
-        reports: dict[str, NodeReport] = {}
-        problems: list[str] = []
-        for node in live:
-            try:
-                with self._client(node, timeout=1.0) as c:
-                    pipe = c.pipeline(transaction=False)
-                    pipe.execute_command("CLUSTER", "NODES")
-                    pipe.execute_command("CLUSTER", "INFO")
-                    pipe.execute_command("INFO", "replication")
-                    nodes_raw, info_raw, repl_raw = pipe.execute()
-            except (redis.RedisError, OSError) as exc:
-                problems.append(f"{node.name} did not answer: {exc}")
-                continue
-            views = tuple(parse_cluster_nodes(_text(nodes_raw)))
-            state = _fields(_text(info_raw)).get("cluster_state", "?")
-            # redis-py parses INFO into a dict; CLUSTER INFO comes back as text.
-            repl = repl_raw if isinstance(repl_raw, dict) else _fields(_text(repl_raw))
-            link = None if repl.get("role") == "master" else repl.get("master_link_status") == "up"
-            reports[node.node_id] = NodeReport(
-                node_id=node.node_id, name=node.name, cluster_state=state, views=views, primary_link_up=link
-            )
-        return problems + settle_problems(reports, [n.node_id for n in live])
 
     def _poll(self, condition: Callable[[], str | None], deadline: float, step: str) -> None:
         while True:
@@ -650,63 +537,16 @@ class LocalCluster:
                 return n
         raise ClusterError(f"node id {node_id} is not one of this cluster's nodes")
 
-    def _views(self, node: LocalNode) -> list[NodeView]:
-        return parse_cluster_nodes(_text(self._command(node, "cluster nodes", "CLUSTER", "NODES")))
-
-    def _command(self, node: LocalNode, step: str, *args: Any) -> Any:
-        try:
-            with self._client(node) as c:
-                return c.execute_command(*args)
-        except (redis.RedisError, OSError) as exc:
-            shown = " ".join(str(a) for a in args[:4]) + (" ..." if len(args) > 4 else "")
-            raise ClusterError(f"{step}: {shown} on {node.name} failed: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _client(self, node: LocalNode, timeout: float = 5.0) -> Iterator[redis.Redis]:
-        # A plain connection to this one node, without retries: an admin step must fail
-        # fast and name its node, not be retried or redirected away.
-        client = redis.Redis(
-            host=_HOST,
-            port=node.port,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            **_NO_SETINFO,
-        )
-        try:
-            yield client
-        finally:
-            client.close()
+    def _settle_problems(self) -> list[str]:
+        live = [n for n in self._nodes if n.up]
+        reports: dict[str, NodeReport] = {}
+        problems: list[str] = []
+        for node in live:
+            try:
+                reports[node.node_id] = node.report()
+            except (redis.RedisError, OSError) as exc:
+                problems.append(f"{node.name} did not answer: {exc}")
+        return problems + settle_problems(reports, [n.node_id for n in live])
 
     def __repr__(self) -> str:
         return f"<LocalCluster {self._binary} nodes={[n.port for n in self._nodes]}>"
-
-
-def _free_port_pair() -> int:
-    # A port and its bus port (+10000) that are both free right now; the server may still
-    # lose the race for them, which _spawn_node retries.
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randint(*_PORT_RANGE)
-        if _port_free(port) and _port_free(port + _BUS_OFFSET):
-            return port
-    raise ClusterError(f"no free port pair in {_PORT_RANGE} after 200 tries")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((_HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-def _fields(text: str) -> dict[str, str]:
-    # "key:value" lines of CLUSTER INFO / INFO; section headers start with '#'.
-    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
-    return {k.strip(): v.strip() for k, v in pairs}
