@@ -47,7 +47,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from lockless.errors import ConfigError
+from lockless import ConfigError
 from sim.cluster_node import HOST, ClusterError, LocalNode, spawn_node
 from sim.cluster_view import SLOTS, NodeReport, NodeView, settle_problems
 from sim.redis_server import RedisServerError, ServerBinary, ServerKind, find_server

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lockless.errors import ConfigError
+from lockless import ConfigError
 from sim.proxy import FaultProxy
 from sim.redis_server import SERVER_ENV, RedisServer, RedisServerError, ServerBinary, find_server
 

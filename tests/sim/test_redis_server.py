@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import sim.redis_server as redis_server_module
-from lockless.errors import ConfigError
+from lockless import ConfigError
 from sim.redis_server import (
     EMBEDDED_DEFAULT,
     SERVER_ENV,
