@@ -10,10 +10,11 @@ registry of each architecture of the experiment on a fresh namespace and pool of
 * **Counts** (deterministic, robust on any machine). Per operation, the ``INFO
   commandstats`` delta divided by the number of calls (``commands``: every command the
   server executed, the Lua scripts' inner calls included, since Redis counts those too),
-  and, from one extra pass with ``SLOWLOG`` recording every command, the commands
-  *clients* sent (``client_commands``: script-internal entries, whose client address is
-  ``?:0``, left out). "A write is one round trip" reads ``client_commands.total == 1``
-  and ``evalsha == 1``; "an L1 read never touches Redis" reads ``commands.total == 0``.
+  and, from one extra pass watched with ``MONITOR``, the commands *clients* sent
+  (``client_commands``: script-internal calls, whose source MONITOR names ``lua``, left
+  out; SLOWLOG cannot tell them apart on Redis 7+ and Valkey, which log them under the
+  calling client's address). "A write is one round trip" reads ``client_commands.total
+  == 1`` and ``evalsha == 1``; "an L1 read never touches Redis" reads ``commands.total == 0``.
 * **Latencies, interleaved** (ratios robust on a noisy machine). Rounds of
   ``per_round`` calls per (architecture, operation) and of raw ``PING``, the order rotated
   every round, so drift from other processes falls on every lane alike. One sequential
@@ -22,7 +23,7 @@ registry of each architecture of the experiment on a fresh namespace and pool of
 The probe's registries never reap (``reap_interval_s = 0``) and their subscribers do not
 ping (an hour's interval): nothing runs in the background that could land a command in
 a counting window. Administrative commands (``info``, ``slowlog``, ``config``, ``client``,
-``hello``, ``flushall``) are never counted.
+``hello``, ``flushall``, and the ``echo`` that ends a watched pass) are never counted.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from sim.config import ExperimentConfig
 #: Operations probed per architecture, in their first-round order.
 OPS = ("get", "select", "job_start", "job_finish", "heartbeat")
 #: Commands that administer the server (ours or redis-py's connection set-up): never counted.
-ADMIN_COMMANDS = frozenset({"info", "slowlog", "config", "client", "hello", "flushall", "select", "auth"})
+ADMIN_COMMANDS = frozenset(
+    {"info", "slowlog", "config", "client", "hello", "flushall", "select", "auth", "echo"}
+)
 #: The probe pool never holds more nodes than this (a locked select reads every one of them).
 MAX_NODES = 1000
 _ADMIN_NAME = "lockless-probe-admin"
@@ -185,18 +188,33 @@ async def _run_lane(lane: _Lane, admin: aioredis.Redis, n: int, *, timed: bool) 
             lane.samples.append(pc() - t0)
 
 
-async def _client_commands(admin: aioredis.Redis, limit: int) -> Counter[str] | None:
-    """Commands clients (not scripts, not us) sent since the last SLOWLOG RESET."""
-    entries = await admin.slowlog_get(limit)
+async def _client_commands(
+    url: str, admin: aioredis.Redis, run: Callable[[], Awaitable[None]]
+) -> Counter[str]:
+    """Commands clients (not scripts, not us) sent while ``run`` ran, as MONITOR saw them.
+
+    MONITOR names the source of a script's inner call ``lua`` (Redis 6.2 and 7, Valkey).
+    The pass ends at an ``ECHO`` of a fresh token sent after ``run``: MONITOR shows
+    commands in execution order, so everything ``run`` sent is before it.
+    """
+    token = f"probe-end-{uuid.uuid4().hex}"
     out: Counter[str] = Counter()
-    for e in entries:
-        addr, name = _text(e.get("client_address", "")), _text(e.get("client_name", ""))
-        if addr.startswith("?") or name == _ADMIN_NAME:
-            continue  # a script's inner call, or the probe's own admin connection
-        cmd = _text(e.get("command", "")).split(" ", 1)[0].lower()
-        if cmd and cmd not in ADMIN_COMMANDS:
-            out[cmd] += 1
-    return out
+    watcher = admin_client(url)
+    try:
+        async with watcher.monitor() as monitor:  # returns once the server said OK
+            await run()
+            await admin.echo(token)
+            while True:
+                entry = await asyncio.wait_for(monitor.next_command(), timeout=10.0)
+                words = str(entry.get("command", "")).split(" ", 1)
+                cmd = words[0].lower()
+                if cmd == "echo" and token in words[-1]:
+                    return out
+                if entry.get("client_type") == "lua" or not cmd or cmd in ADMIN_COMMANDS:
+                    continue  # a script's inner call, or administration
+                out[cmd] += 1
+    finally:
+        await watcher.aclose()
 
 
 def _text(value: Any) -> str:
@@ -208,8 +226,7 @@ async def run_probe(
 ) -> dict[str, Any]:
     """Probe every architecture of ``config`` against the server at ``url``; returns plain data.
 
-    Leaves nothing behind: the probe's keys are deleted and any changed server setting
-    (the SLOWLOG threshold) is restored.
+    Leaves nothing behind: the probe's keys are deleted and no server setting is changed.
     """
     plan = plan or ProbePlan()
     archs = list(config.experiment.architectures)
@@ -237,7 +254,6 @@ async def run_probe(
     admin = admin_client(url)
     writer = RedisStore(reg_cfg.redis, reg_cfg.nodes)
     registries: dict[str, Registry] = {}
-    slowlog_saved: dict[str, str] | None = None
     try:
         await writer.load_scripts()
         for i in range(0, len(specs), 500):
@@ -274,30 +290,19 @@ async def run_probe(
                 await _run_lane(lane, admin, 1, timed=False)
 
         client_cmds: dict[tuple[str, str], dict[str, float]] = {}
-        try:
-            slowlog_saved = {
-                k: str(v)
-                for k, v in (await admin.config_get("slowlog-*")).items()
-                if k in ("slowlog-log-slower-than", "slowlog-max-len")
-            }
-            await admin.config_set("slowlog-log-slower-than", 0)
-            await admin.config_set("slowlog-max-len", 100_000)
-        except RedisError:
-            slowlog_saved = None  # CONFIG refused (a managed server): no client-command split
-        if slowlog_saved is not None:
-            for lane in lanes[1:]:
-                n = count(lane)
-                if lane.op == "job_finish" and len(lane.pending) < n:
-                    await _run_lane(lanes[lanes.index(lane) - 1], admin, n - len(lane.pending), timed=False)
-                await admin.slowlog_reset()
-                await _run_lane(lane, admin, n, timed=False)
-                seen = await _client_commands(admin, 100_000)
-                if seen is not None:
-                    client_cmds[(lane.arch, lane.op)] = _per_op(seen, n)
+        for lane in lanes[1:]:
+            n = count(lane)
+            if lane.op == "job_finish" and len(lane.pending) < n:
+                await _run_lane(lanes[lanes.index(lane) - 1], admin, n - len(lane.pending), timed=False)
+            try:
+                seen = await _client_commands(
+                    url, admin, lambda lane=lane, n=n: _run_lane(lane, admin, n, timed=False)
+                )
+            except RedisError:
+                client_cmds = {}  # MONITOR refused (a managed server): no client-command split
+                break
+            client_cmds[(lane.arch, lane.op)] = _per_op(seen, n)
     finally:
-        if slowlog_saved:
-            for key, value in slowlog_saved.items():
-                await admin.config_set(key, value)
         await asyncio.gather(*(r.close() for r in registries.values()), return_exceptions=True)
         async for key in admin.scan_iter(match=f"{ns}:*", count=1000):
             await admin.unlink(key)

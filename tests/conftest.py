@@ -1,8 +1,14 @@
 """Shared fixtures: a real redis-server for the whole session, and disposable ones for fault tests.
 
-Tests never fake Redis (STYLE §2.11): the session starts ``redis-server`` itself through
+Tests never fake Redis (STYLE §2.11): the session starts a server itself through
 ``sim.redis_server`` unless ``REDIS_URL`` names an external server. Tests share that
 server safely because each gets its own key namespace (``ns``).
+
+Which server: ``LOCKLESS_SERVER`` (``valkey``, the default, ``redis`` or ``path``; see
+``sim.redis_server``) picks the binary for every server the suite starts, the session's,
+``fault_server``, the smoke run's and the clusters of ``tests/cluster``, so
+``LOCKLESS_SERVER=redis pytest`` runs the whole suite against Redis 6.2 and
+``LOCKLESS_SERVER=valkey pytest`` against Valkey 9. The header of the run names it.
 
 Tests that stop, pause, restart or flush a server use ``fault_server``: a fresh server
 per test, so the damage never reaches other tests. Against an external ``REDIS_URL``
@@ -21,8 +27,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from lockless import ConfigError
 from sim.proxy import FaultProxy
-from sim.redis_server import RedisServer
+from sim.redis_server import SERVER_ENV, RedisServer, RedisServerError, ServerBinary, find_server
 
 _EXTERNAL_URL = os.environ.get("REDIS_URL")
 
@@ -33,6 +40,20 @@ settings.register_profile("lockless", parent=settings(), deadline=None)  # on to
 settings.load_profile("lockless")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A bad LOCKLESS_SERVER or a missing binary stops the run before any test, as a usage error.
+    try:
+        find_server()
+    except (ConfigError, RedisServerError) as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    found = find_server()
+    external = f"; REDIS_URL={_EXTERNAL_URL} for the shared server" if _EXTERNAL_URL else ""
+    return f"server: {found} ({SERVER_ENV}={os.environ.get(SERVER_ENV) or 'unset'}: {found.path}){external}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Mark by fixture use, so `-m "not faults"` selects exactly the tests that leave servers alone.
     for item in items:
@@ -41,12 +62,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer | None]:
+def server_binary() -> ServerBinary:
+    """The server binary every server of this session runs (``LOCKLESS_SERVER``)."""
+    return find_server()
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_binary: ServerBinary) -> Iterator[RedisServer | None]:
     """The session's own RedisServer, or ``None`` when ``REDIS_URL`` points at an external server."""
     if _EXTERNAL_URL:
         yield None
         return
-    server = RedisServer()
+    server = RedisServer(server=server_binary)
     server.start()
     try:
         yield server
@@ -84,11 +111,11 @@ def wait_until() -> Callable[..., None]:
 
 
 @pytest.fixture
-def fault_server() -> Iterator[RedisServer]:
+def fault_server(server_binary: ServerBinary) -> Iterator[RedisServer]:
     """A fresh RedisServer for this test alone, free to kill, pause or restart; removed afterwards."""
     if _EXTERNAL_URL:
         pytest.skip("needs a server this suite started; REDIS_URL points at an external one")
-    server = RedisServer()
+    server = RedisServer(server=server_binary)
     server.start()
     try:
         yield server
@@ -105,7 +132,7 @@ def proxy(fault_server: RedisServer) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture(scope="session")
-def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smoke_result(tmp_path_factory: pytest.TempPathFactory, server_binary: ServerBinary) -> Path:
     """One result folder of ``experiments/smoke.toml`` shortened to 5 s per architecture.
 
     Shared by the budget and notebook tests (about 30 s to produce, once per session). It
@@ -124,7 +151,7 @@ def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 5 s keeps the pub/sub kill (at 4 s) and the warm-up, and the run CI-fast.
     config = dataclasses.replace(config, experiment=dataclasses.replace(config.experiment, duration_s=5.0))
     root = tmp_path_factory.mktemp("smoke-results")
-    server = RedisServer()
+    server = RedisServer(server=server_binary)
     server.start()
     try:
         outcome = asyncio.run(run_async(config, server=server))

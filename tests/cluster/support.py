@@ -1,0 +1,31 @@
+"""Clients for the cluster tests: redis-py's cluster client, and a plain connection to one node."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
+
+from sim.cluster_server import LocalCluster, LocalNode
+
+
+def cluster_client(cluster: LocalCluster) -> RedisCluster:
+    """redis-py's cluster client seeded with every node (follows MOVED/ASK and failovers)."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster.startup_nodes],
+        socket_timeout=5.0,
+        socket_connect_timeout=5.0,
+    )
+
+
+def node_client(node: LocalNode, timeout: float = 5.0) -> redis.Redis:
+    """A plain connection to one node, no retries: answers (or MOVED) come from that node alone."""
+    return redis.Redis(
+        host=node.host,
+        port=node.port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        single_connection_client=True,
+    )
