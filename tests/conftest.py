@@ -4,9 +4,10 @@ Tests never fake Redis (STYLE §2.11): the session starts a server itself throug
 ``sim.redis_server`` unless ``REDIS_URL`` names an external server. Tests share that
 server safely because each gets its own key namespace (``ns``).
 
-Which server: ``LOCKLESS_SERVER`` (``valkey``, the default, ``redis`` or ``path``; see
-``sim.redis_server``) picks the binary for every server the suite starts, the session's,
-``fault_server``, the smoke run's and the clusters of ``tests/cluster``, so
+Which server: ``LOCKLESS_SERVER`` (``auto``, the default: a redis-server on ``PATH``, else
+``valkey``; or ``valkey``, ``redis``, ``path``; see ``sim.redis_server``) picks the binary
+for every server the suite starts, the session's, ``fault_server``, the smoke run's and
+the clusters of ``tests/cluster``, so
 ``LOCKLESS_SERVER=redis pytest`` runs the whole suite against Redis 6.2 and
 ``LOCKLESS_SERVER=valkey pytest`` against Valkey 9. The header of the run names it.
 

