@@ -19,6 +19,8 @@ from lockless.errors import ConfigError
 
 POLICIES = ("power_of_two", "least_loaded")
 STALE_READ_POLICIES = ("serve", "refuse")
+#: Whether the server's certificate must verify (``ssl.CERT_REQUIRED`` / ``CERT_OPTIONAL`` / ``CERT_NONE``).
+TLS_VERIFY_MODES = ("required", "optional", "none")
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -50,10 +52,33 @@ class RedisConfig:
     script is idempotent, so one retry (which repairs a stale pooled socket after a restart) is safe."""
     log_max_len: int = 10_000
     """Approximate cap (``XADD MAXLEN ~``) of each pool's change log; gaps older than this need a relist."""
+    tls_ca_file: str | None = None
+    """PEM bundle of the CA(s) that sign the server's certificate (a private CA); None: the system CAs.
+    When None, the URL's ``ssl_ca_certs`` query parameter applies. TLS needs a ``rediss://`` URL."""
+    tls_cert_file: str | None = None
+    """Client certificate (PEM) for mutual TLS, with ``tls_key_file`` (or the URL's ``ssl_certfile``)."""
+    tls_key_file: str | None = None
+    """Private key (PEM) of ``tls_cert_file`` (or the URL's ``ssl_keyfile``)."""
+    tls_verify: str | None = None
+    """Whether the server certificate must verify: ``required`` (default), ``optional`` or ``none``
+    (or the URL's ``ssl_cert_reqs``)."""
+    tls_check_hostname: bool | None = None
+    """Refuse a server certificate not issued for the host connected to (default true; or the URL's
+    ``ssl_check_hostname``)."""
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis.url", self.url, "a redis://, rediss:// or unix:// URL")
+        tls_fields = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tls_check_hostname")
+        for name in tls_fields:
+            value = getattr(self, name)
+            if value is not None and not self.url.startswith("rediss://"):
+                allowed = f"unset, or a rediss:// URL (redis.url is {self.url!r})"
+                raise ConfigError(f"redis.{name}", value, allowed)
+        if self.tls_verify is not None:
+            require_choice("redis.tls_verify", self.tls_verify, TLS_VERIFY_MODES)
+        if self.tls_check_hostname is not None and not isinstance(self.tls_check_hostname, bool):
+            raise ConfigError("redis.tls_check_hostname", self.tls_check_hostname, "true | false")
         for name in ("socket_timeout_s", "connect_timeout_s", "pool_timeout_s"):
             _positive(f"redis.{name}", getattr(self, name))
         _count("redis.max_connections", self.max_connections)

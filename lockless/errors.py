@@ -7,11 +7,13 @@ Everything the library raises on purpose derives from :class:`LocklessError`::
      +-- MalformedRecord        a node hash or change event in Redis does not decode; names node and field
      +-- UnknownPool            an operation named a pool this instance does not serve
      +-- RedisUnavailable       Redis could not be reached or did not answer in time
+     |    +-- TlsError          the TLS handshake failed; names the TLS setting involved
      +-- StaleRead              a read would serve data older than the configured staleness bound
      +-- JournalFull            LOCAL_ONLY write journal is at its bound; the write was not recorded
 
-Third-party errors (redis-py's, ``OSError``) are translated once, in
-``lockless.redis.store``, with ``raise ... from exc`` so the cause stays visible.
+Third-party errors (redis-py's, ``OSError``, ``ssl``'s) are translated in the Redis adapter
+only: commands in ``lockless.redis.client.guarded``, connection set-up in
+``lockless.redis.connection``, always with ``raise ... from exc`` so the cause stays visible.
 No class here reuses a builtin's name (redis-py's ``ConnectionError`` does, and it bites).
 """
 
@@ -56,6 +58,11 @@ class UnknownPool(LocklessError, KeyError):
 
 class RedisUnavailable(LocklessError):
     """Redis could not be reached, refused the command, or did not answer within the timeout."""
+
+
+class TlsError(RedisUnavailable):
+    """TLS to the server could not be established; the message names the setting involved
+    (CA file, client certificate, hostname check)."""
 
 
 class StaleRead(LocklessError):

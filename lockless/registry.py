@@ -105,7 +105,9 @@ def _assemble(config: RegistryConfig, instance: str, store: RedisStore | None, c
         **common,
     )
     channels = [store.keys.events(p) for p in sorted(pools)]
-    subscriber = Subscriber(config.redis, config.subscriber, channels, sync, rng=random.Random(rng.random()))
+    subscriber = Subscriber(
+        store.connections, config.subscriber, channels, sync, rng=random.Random(rng.random())
+    )
     reaper = Reaper(config.nodes, pools=pools, store=store, modes=health.modes, clock=clock, metrics=metrics)
     return _Parts(store, metrics, health, reads, writes, sync, subscriber, reaper)
 
@@ -138,7 +140,9 @@ class LocklessRegistry:
 
     # ================================================================ lifecycle
     async def start(self, *, timeout: float = 10.0) -> None:
-        """Load scripts, subscribe, then relist every pool (events arriving meanwhile are queued)."""
+        """Check the connection, load scripts, subscribe, then relist every pool (events arriving
+        meanwhile are queued). A TLS, AUTH or connect problem raises at once, saying which."""
+        await self._store.connections.check()
         await self._store.load_scripts()
         self._subscriber.start()
         try:

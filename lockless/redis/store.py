@@ -2,9 +2,10 @@
 
 The store is I/O only: it decides nothing about caching or modes. Its parts:
 
-* the client from :func:`lockless.redis.client.make_client` (the connection factory),
-  and :func:`~lockless.redis.client.guarded`, which times every call and translates
-  redis-py and OS errors into :class:`~lockless.errors.RedisUnavailable`;
+* the client from :class:`~lockless.redis.connection.ConnectionFactory` (the one
+  connection factory, shared with the subscriber), and
+  :func:`~lockless.redis.client.guarded`, which times every call and translates redis-py
+  and OS errors into :class:`~lockless.errors.RedisUnavailable`;
 * a :class:`~lockless.redis.runner.ScriptRunner` calling the Lua scripts by SHA (one
   reload on ``NOSCRIPT``), with :class:`~lockless.redis.scripts.ScriptArgs` filling
   their KEYS and ARGV;
@@ -32,7 +33,8 @@ from lockless.core.snapshot import ChangeEvent, NodeSnapshot, NodeSpec, parse_ev
 from lockless.errors import MalformedRecord
 from lockless.metrics import Metrics
 from lockless.protocol import Admission, HeartbeatResult
-from lockless.redis.client import guarded, make_client
+from lockless.redis.client import guarded
+from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
 from lockless.redis.runner import ScriptRunner
 from lockless.redis.scripts import ScriptArgs
@@ -74,6 +76,7 @@ class RedisStore:
         metrics: Metrics | None = None,
         client: aioredis.Redis | None = None,
         keys: KeySpace | None = None,
+        connections: ConnectionFactory | None = None,
     ) -> None:
         self.config = redis_config
         self.nodes = nodes or NodeLifecycleConfig()
@@ -89,11 +92,15 @@ class RedisStore:
             load_tolerance=self.nodes.load_tolerance,
             publish_every_heartbeat=self.nodes.publish_every_heartbeat,
         )
-        self.client = client or make_client(redis_config)
+        #: Where every connection of this store (and of a registry's subscriber) comes from.
+        self.connections = connections or ConnectionFactory(redis_config)
+        self.client = client or self.connections.command_client()
         self.scripts = ScriptRunner(self.client, self.metrics)
 
-    #: The connection factory (kept here for callers that build a client beside a store).
-    make_client = staticmethod(make_client)
+    @staticmethod
+    def make_client(cfg: RedisConfig, **overrides: Any) -> aioredis.Redis:
+        """A command client with the house settings for ``cfg`` (see ``ConnectionFactory``)."""
+        return ConnectionFactory(cfg).command_client(**overrides)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -22,8 +22,9 @@ Why not redis-py's ``PubSub``: measured here, its per-message path (timeouts, re
 wrappers, observability hooks) cost over 100 us of CPU per message, more than decoding
 and applying the event. The session speaks RESP over a plain asyncio stream instead:
 one ``read`` drains every message the socket holds into ``hiredis.Reader``, so a
-burst of events costs one wake-up. The URL (``redis://``, ``rediss://``, ``unix://``,
-ACL user and password) is parsed by redis-py's own ``parse_url``.
+burst of events costs one wake-up. The stream itself (address, TLS with the same SSL
+context as the command pool, ACL user and password) comes from the instance's one
+:class:`~lockless.redis.connection.ConnectionFactory`.
 """
 
 from __future__ import annotations
@@ -32,15 +33,14 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import hiredis
-from redis.connection import parse_url
 
 from lockless.aio import cancel_and_wait
-from lockless.config import RedisConfig, SubscriberConfig
+from lockless.config import SubscriberConfig
+from lockless.redis.connection import ConnectionFactory
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,15 @@ class Subscriber:
 
     def __init__(
         self,
-        redis_config: RedisConfig,
+        connections: ConnectionFactory,
         config: SubscriberConfig,
         channels: Sequence[str],
         sink: SubscriberSink,
         *,
         rng: random.Random | None = None,
     ) -> None:
-        self.redis_config = redis_config
+        self.connections = connections
+        self.redis_config = connections.config
         self.config = config
         self.channels = tuple(channels)
         self.sink = sink
@@ -115,40 +116,9 @@ class Subscriber:
             cap = min(self.config.reconnect_max_s, self.config.reconnect_base_s * 2 ** min(failures, 16))
             await asyncio.sleep(self._rng.uniform(0, cap) if failures else self.config.reconnect_base_s)
 
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        params: dict[str, Any] = parse_url(self.redis_config.url)
-        timeout = self.redis_config.connect_timeout_s
-        if "path" in params:
-            opening = asyncio.open_unix_connection(params["path"])
-        else:
-            context = None
-            if self.redis_config.url.startswith("rediss://"):
-                context = ssl.create_default_context()
-                if params.get("ssl_cert_reqs") in ("none", "CERT_NONE"):
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-            opening = asyncio.open_connection(
-                params.get("host", "localhost"), params.get("port", 6379), ssl=context
-            )
-        reader, writer = await asyncio.wait_for(opening, timeout)
-        if params.get("password"):
-            auth = [b"AUTH", params["username"].encode()] if params.get("username") else [b"AUTH"]
-            writer.write(_pack(*auth, params["password"].encode()))
-            parser = hiredis.Reader()
-            async with asyncio.timeout(timeout):
-                while (reply := parser.gets()) is False:
-                    chunk = await reader.read(4096)
-                    if not chunk:
-                        raise ConnectionError("connection closed during AUTH")
-                    parser.feed(chunk)
-            if isinstance(reply, Exception):
-                writer.close()
-                raise ConnectionError(f"AUTH refused: {reply}")
-        return reader, writer
-
     async def _session(self) -> None:
         loop = asyncio.get_running_loop()
-        reader, writer = await self._open()
+        reader, writer = await self.connections.open_stream()
         parser = hiredis.Reader()
         try:
             writer.write(_pack(b"SUBSCRIBE", *(c.encode() for c in self.channels)))

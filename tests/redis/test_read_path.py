@@ -10,6 +10,7 @@ while its commands go straight to the server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,6 +24,7 @@ from lockless.core.l1 import L1Store
 from lockless.core.modes import Mode
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.protocol import Heartbeat
+from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
 from lockless.redis.store import RedisStore
 from lockless.registry import LocklessRegistry
@@ -326,12 +328,24 @@ async def test_select_nodes_default_policy_comes_from_the_config(redis_url: str,
 
 
 # ============================================================ stale cache, placement
+class StreamThroughProxy(ConnectionFactory):
+    """Test seam: commands straight to the server, the event stream through a fault proxy."""
+
+    def __init__(self, config: RedisConfig, proxy_url: str) -> None:
+        super().__init__(config)
+        self._via = ConnectionFactory(dataclasses.replace(config, url=proxy_url))
+
+    async def open_stream(self):  # type: ignore[no-untyped-def]
+        return await self._via.open_stream()
+
+
 class HeldEvents:
     """A registry whose event subscription runs through ``proxy`` while its commands go direct."""
 
     def __init__(self, fault_server, proxy, ns: str) -> None:
-        cfg = make_config(proxy.url, ns, quiet=True)
-        store = RedisStore(RedisConfig(url=fault_server.url, namespace=ns, socket_timeout_s=2.0), cfg.nodes)
+        cfg = make_config(fault_server.url, ns, quiet=True)
+        direct = RedisConfig(url=fault_server.url, namespace=ns, socket_timeout_s=2.0)
+        store = RedisStore(direct, cfg.nodes, connections=StreamThroughProxy(direct, proxy.url))
         self.registry = LocklessRegistry(cfg, instance="held", store=store)
         self.proxy = proxy
 
