@@ -171,7 +171,12 @@ class Registry(Protocol):
         """Remove a node (graceful leave). True if it existed."""
 
     async def job_start(self, pool: str, node_id: str, job_id: str) -> Admission:
-        """Admission control: admit ``job_id`` on the node only if it is alive and below ``max_jobs``."""
+        """Admission control: admit ``job_id`` on the node only if it is alive and below ``max_jobs``.
+
+        Keyed by job id, so repeating it changes nothing. If it raises (Redis did not answer),
+        the outcome is unknown: Redis may still run the command. Repeat it with the same job
+        id, or release the job with :meth:`job_finish`, never simply drop it.
+        """
 
     async def job_finish(self, pool: str, node_id: str, job_id: str) -> bool:
         """Release ``job_id``'s slot. Idempotent; True if this call released it."""

@@ -74,10 +74,17 @@ class WritePath:
 
     # ------------------------------------------------------------ the one path
     async def _redis_else(
-        self, what: str, call: Callable[[], Awaitable[T]], offline: Callable[[], U]
+        self, what: str, call: Callable[[], Awaitable[T]], offline: Callable[[bool], U]
     ) -> T | U:
-        """Run ``call`` against Redis; in LOCAL_ONLY, or if this failure opens the circuit, ``offline()``."""
+        """Run ``call`` against Redis; in LOCAL_ONLY, or if this failure opens the circuit, ``offline``.
+
+        ``offline(sent)`` is told whether this write was sent and failed: then Redis may yet
+        have run it (a timeout leaves the command in the server's socket), so its outcome is
+        unknown, and an offline answer must not contradict any outcome Redis may choose.
+        """
+        sent = False
         if self._health.mode is not Mode.LOCAL_ONLY and not len(self._journal):
+            sent = True
             try:
                 result = await call()
             except RedisUnavailable as exc:
@@ -87,7 +94,7 @@ class WritePath:
             else:
                 self._health.report(Fact.REDIS_ANSWERED)
                 return result
-        return offline()
+        return offline(sent)
 
     def _to_journal(self, command: WriteCommand) -> JournalEntry:
         try:
@@ -108,14 +115,14 @@ class WritePath:
         self._check_pool(spec.pool)
         command = Register(spec=spec)
         result = await self._redis_else(
-            "register", lambda: self._store.register(spec), lambda: self._to_journal(command)
+            "register", lambda: self._store.register(spec), lambda _: self._to_journal(command)
         )
         return 0 if isinstance(result, JournalEntry) else result
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
         self._check_pool(beat.pool)
         result = await self._redis_else(
-            "heartbeat", lambda: self._store.heartbeat(beat), lambda: self._to_journal(beat)
+            "heartbeat", lambda: self._store.heartbeat(beat), lambda _: self._to_journal(beat)
         )
         if isinstance(result, JournalEntry):
             version = self._l1.version_of(beat.pool, beat.node_id)
@@ -129,7 +136,7 @@ class WritePath:
         for beat in beats:
             self._check_pool(beat.pool)
         results = await self._redis_else(
-            f"heartbeat x{len(beats)}", lambda: self._store.heartbeat_many(beats), lambda: None
+            f"heartbeat x{len(beats)}", lambda: self._store.heartbeat_many(beats), lambda _: None
         )
         if results is not None:
             return results
@@ -140,7 +147,7 @@ class WritePath:
         self._check_pool(pool)
         command = Remove(pool=pool, node_id=node_id)
         result = await self._redis_else(
-            "remove", lambda: self._store.remove(pool, node_id), lambda: self._to_journal(command)
+            "remove", lambda: self._store.remove(pool, node_id), lambda _: self._to_journal(command)
         )
         if isinstance(result, JournalEntry):
             return self._l1.peek(pool, node_id) is not None
@@ -155,7 +162,7 @@ class WritePath:
         admission = await self._redis_else(
             "job_start",
             lambda: self._store.job_start(pool, node_id, job_id),
-            lambda: self._admit_locally(command),
+            lambda sent: self._admit_locally(command, sent=sent),
         )
         if admission.reason == "journaled":
             return admission
@@ -166,11 +173,18 @@ class WritePath:
             self._assume(self._l1.peek(pool, node_id), admission.current_jobs, admission.version)
         return admission
 
-    def _admit_locally(self, command: JobStart) -> Admission:
-        """LOCAL_ONLY: admit against the local view and journal; Redis re-checks on replay."""
+    def _admit_locally(self, command: JobStart, *, sent: bool) -> Admission:
+        """LOCAL_ONLY: admit against the local view and journal; Redis re-checks on replay.
+
+        A rejection of a job_start that was ``sent`` (and timed out) also journals its
+        release: Redis may still run the held command and admit the job the caller is told
+        was rejected, and the replayed ``job_finish`` (it releases only that job id) undoes it.
+        """
         node = self._l1.peek(command.pool, command.node_id)
         if node is None or not is_placeable(node):
             reason = "not_alive" if node is None else ("draining" if node.status != "up" else "full")
+            if sent:
+                self._to_journal(JobFinish(pool=command.pool, node_id=command.node_id, job_id=command.job_id))
             self._metrics.inc("rejections")
             return Admission(
                 admitted=False,
@@ -199,7 +213,7 @@ class WritePath:
         result = await self._redis_else(
             "job_finish",
             lambda: self._store.job_finish(pool, node_id, job_id),
-            lambda: self._to_journal(command),
+            lambda _: self._to_journal(command),
         )
         if isinstance(result, JournalEntry):
             return True
