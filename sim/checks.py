@@ -106,7 +106,7 @@ async def loop_watch(rec: Recorder, bridge: Bridge, interval_s: float) -> None:
 
 
 def _key(node: NodeSnapshot) -> tuple[int, str, int, int]:
-    # heartbeat_ms is not versioned (quiet heartbeats), so it is not compared.
+    # Liveness is not part of the record (the alive zset holds it), so it is not compared.
     return (node.version, node.status, node.current_jobs, node.max_jobs)
 
 

@@ -6,7 +6,13 @@ new snapshot and swaps a reference, which is atomic for any reader in the same p
 
 The Redis side stores a node as a flat hash (DESIGN.md section 2). Numbers are decimal
 strings; ``resources`` and ``labels`` are JSON so that the Lua scripts can decode them
-with ``cjson``. :func:`parse_node_hash` is strict: a record that does not decode raises
+with ``cjson``. A snapshot holds what placement reads, and no liveness: a node's last
+heartbeat is its score in the pool's ``alive`` zset (read by admission and the reaper),
+which quiet heartbeats refresh without touching the record. Fields the codec does not
+know are ignored: the scripts' bookkeeping (named ``_...``, see ``lockless.redis.scripts``)
+and the ``heartbeat_ms`` that records written before liveness left the hash still carry.
+
+:func:`parse_node_hash` is strict: a record that does not decode raises
 :class:`~lockless.errors.MalformedRecord` naming the node and the field, because serving
 a guess (say ``max_jobs = 0``) would silently drain a node from placement.
 
@@ -60,8 +66,6 @@ class NodeSnapshot:
     resources: Mapping[str, float] = field(default_factory=lambda: _EMPTY_RESOURCES)
     #: Labels such as the modules a node offers.
     labels: frozenset[str] = frozenset()
-    #: Redis server time (ms) of the last heartbeat that this snapshot saw.
-    heartbeat_ms: int = 0
 
     @property
     def free_slots(self) -> int:
@@ -85,7 +89,6 @@ class NodeSnapshot:
             load=self.load,
             resources=self.resources,
             labels=self.labels,
-            heartbeat_ms=self.heartbeat_ms,
         )
 
 
@@ -272,7 +275,6 @@ def parse_node_hash(pool: str, node_id: str, raw: Mapping[Any, Any]) -> NodeSnap
         load=load,
         resources=resources,
         labels=labels,
-        heartbeat_ms=_int_field(node_id, fields, "heartbeat_ms"),
     )
 
 

@@ -25,11 +25,32 @@ channel, pool, token, log_max), which the shared pool functions (``next_seq``, `
 use: ``REAP``, whose KEYS differ, shares them instead of restating them.
 :class:`ScriptArgs` (pure, below the scripts) builds each call's KEYS and ARGV, so the
 numbers in a header and the code that fills them sit together.
+
+Where liveness lives. A node's last heartbeat (server ms) is its score in the pool's
+``alive`` zset, and only there: admission (``JOB_START``) and the reaper read it, and a
+quiet heartbeat writes nothing else that readers see. The node hash holds what placement
+reads plus two fields of the scripts' own bookkeeping, named with a leading ``_``, which
+events leave out and the codec ignores:
+
+* ``_ttl_at`` - server ms at which a heartbeat or registration last armed the node's TTL.
+  The TTL is the backstop for a deployment with no reaper; re-arming it is most of what a
+  quiet heartbeat used to cost, so a quiet heartbeat re-arms it only when ``_ttl_at`` is
+  older than ``ttl - dead_after``. The key then always outlives the node's liveness (a
+  node alive at ``t`` beat at ``b >= t - dead_after``, and its key lives until at least
+  ``b - (ttl - dead_after) + ttl``), and a silent node's key is gone between
+  ``dead_after`` and ``ttl`` after its last beat. Every other mutation re-arms as well.
+* ``_jobs`` - ``<version>:<digest>``: the digest (:func:`jobs_digest`) of the job set that
+  a heartbeat's job report last matched, stamped with the version it was true at. Every
+  other change to the job set (admission, release, registration) makes a new version, so
+  a stamp at the current version is still true, and a beat reporting the same digest is
+  quiet without reading the set. A stale stamp just costs one real comparison.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from lockless.core.commands import Heartbeat
@@ -73,20 +94,24 @@ end
 
 #: Functions of the single-node scripts: the node record, its TTLs, its liveness.
 _NODE_FUNCTIONS = r"""
+-- The record as readers see it: fields starting with '_' (byte 95) are bookkeeping.
 local function record()
   local flat = redis.call('HGETALL', KEYS[1])
   local rec = {}
-  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  for i = 1, #flat, 2 do
+    if string.byte(flat[i], 1) ~= 95 then rec[flat[i]] = flat[i + 1] end
+  end
   return rec
 end
+-- PEXPIRE of a missing key is a no-op: the job set needs no EXISTS first.
 local function touch()
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
 local function write_record(seq, ts, status, max_jobs, load, resources, labels)
   redis.call('HSET', KEYS[1], 'version', seq, 'status', status, 'max_jobs', max_jobs,
              'current_jobs', redis.call('SCARD', KEYS[2]), 'load', load,
-             'resources', resources, 'labels', labels, 'heartbeat_ms', ts)
+             'resources', resources, 'labels', labels, '_ttl_at', ts)
   redis.call('ZADD', KEYS[3], ts, ARGV[3])
   touch()
 end
@@ -109,58 +134,81 @@ return seq
 """
 )
 
-# ARGV[7] load  ARGV[8] load tolerance  ARGV[9] '1' = every heartbeat publishes (seed behaviour)
-# ARGV[10] '1' = ARGV[16..] replace the job set   ARGV[11] '1' = re-create if unknown, with
-# ARGV[12] status  ARGV[13] max_jobs  ARGV[14] resources JSON  ARGV[15] labels JSON  ARGV[16..] job ids
-# A quiet heartbeat (load within tolerance, job set unchanged) refreshes liveness only:
-# no version, no event, so heartbeats do not invalidate every cache.
+# ARGV[7] load  ARGV[8] load tolerance  ARGV[9] re-arm the TTL when armed longer ago than this (ms)
+# ARGV[10] '1' = every heartbeat publishes (seed behaviour)
+# ARGV[11] digest of the reported job set (jobs_digest), '' = the beat reports no jobs
+# ARGV[12] '1' = re-create if unknown, with ARGV[13] status  ARGV[14] max_jobs
+#          ARGV[15] resources JSON  ARGV[16] labels JSON
+# ARGV[13..] (or ARGV[17..] after a spec) the reported job ids, which replace the job set
+# A quiet heartbeat (known node, load within tolerance, the job set its digest stamp says)
+# refreshes liveness only: TIME, one HMGET, one ZADD, and the TTL when due (see the module
+# docstring). It runs before any function is defined, so it pays for none of them.
 # returns: {version (0 = unknown node, not re-created), changed 0|1, recreated 0|1}
 HEARTBEAT = (
-    _PRELUDE
-    + r"""
-local ts = now_ms()
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[11] ~= '1' then return {0, 0, 0} end
-  local seq = next_seq()
-  if ARGV[10] == '1' then
-    redis.call('DEL', KEYS[2])
-    for i = 16, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+    r"""
+local t = redis.call('TIME')
+local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'version', 'load', '_ttl_at', '_jobs')
+local load_quiet = h[1] and math.abs((tonumber(h[2]) or 0) - tonumber(ARGV[7])) <= tonumber(ARGV[8])
+local jobs_same = ARGV[11] == '' or (h[1] and h[4] == h[1] .. ':' .. ARGV[11])
+if load_quiet and jobs_same and ARGV[10] ~= '1' then
+  redis.call('ZADD', KEYS[3], ts, ARGV[3])
+  local armed = tonumber(h[3]) or 0
+  if ts - armed > tonumber(ARGV[9]) or ts < armed then
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+    redis.call('PEXPIRE', KEYS[2], ARGV[6])
+    redis.call('HSET', KEYS[1], '_ttl_at', ts)
   end
-  write_record(seq, ts, ARGV[12], ARGV[13], ARGV[7], ARGV[14], ARGV[15])
+  return {tonumber(h[1]), 0, 0}
+end
+"""
+    + _PRELUDE
+    + r"""
+local first_job = ARGV[12] == '1' and 17 or 13
+local function replace_jobs()
+  redis.call('DEL', KEYS[2])
+  for i = first_job, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+end
+if not h[1] then
+  if ARGV[12] ~= '1' then return {0, 0, 0} end
+  local seq = next_seq()
+  if ARGV[11] ~= '' then replace_jobs() end
+  write_record(seq, ts, ARGV[13], ARGV[14], ARGV[7], ARGV[15], ARGV[16])
+  if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], '_jobs', seq .. ':' .. ARGV[11]) end
   emit(seq, 'register', ARGV[3], seq, ts, record())
   return {seq, 1, 1}
 end
 redis.call('ZADD', KEYS[3], ts, ARGV[3])
-redis.call('HSET', KEYS[1], 'heartbeat_ms', ts)
-local changed = ARGV[9] == '1'
-local old_load = tonumber(redis.call('HGET', KEYS[1], 'load')) or 0
-local new_load = tonumber(ARGV[7])
-if math.abs(old_load - new_load) > tonumber(ARGV[8]) then
+local changed = ARGV[10] == '1'
+if not load_quiet then
   redis.call('HSET', KEYS[1], 'load', ARGV[7])
   changed = true
 end
-if ARGV[10] == '1' then
+if not jobs_same then
+  -- The stamp is stale (another write made a version since) or the set differs: compare.
   local reported = {}
-  for i = 16, #ARGV do reported[ARGV[i]] = true end
-  local same = (#ARGV - 15) == redis.call('SCARD', KEYS[2])
+  for i = first_job, #ARGV do reported[ARGV[i]] = true end
+  local same = (#ARGV - first_job + 1) == redis.call('SCARD', KEYS[2])
   if same then
     for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
       if not reported[id] then same = false break end
     end
   end
   if not same then
-    redis.call('DEL', KEYS[2])
-    for i = 16, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+    replace_jobs()
     redis.call('HSET', KEYS[1], 'current_jobs', redis.call('SCARD', KEYS[2]))
     changed = true
   end
 end
 touch()
 if not changed then
-  return {tonumber(redis.call('HGET', KEYS[1], 'version')), 0, 0}
+  -- Only a stale stamp brings a beat here unchanged: stamp the set it was found to be.
+  redis.call('HSET', KEYS[1], '_ttl_at', ts, '_jobs', h[1] .. ':' .. ARGV[11])
+  return {tonumber(h[1]), 0, 0}
 end
 local seq = next_seq()
-redis.call('HSET', KEYS[1], 'version', seq)
+redis.call('HSET', KEYS[1], 'version', seq, '_ttl_at', ts)
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], '_jobs', seq .. ':' .. ARGV[11]) end
 emit(seq, 'heartbeat', ARGV[3], seq, ts, record())
 return {seq, 1, 0}
 """
@@ -272,6 +320,16 @@ ALL: dict[str, str] = {
 }
 
 
+def jobs_digest(job_ids: Iterable[str]) -> str:
+    """The digest a heartbeat reports its job set by (``_jobs`` in the module docstring).
+
+    A set, so order and duplicates do not matter; each id is length-prefixed, so no two
+    different sets encode alike whatever their ids contain.
+    """
+    ids = sorted(set(job_ids))
+    return hashlib.sha1("".join(f"{len(i)}:{i}" for i in ids).encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScriptArgs:
     """KEYS and ARGV of every script call, built from the store's settings. Pure.
@@ -284,7 +342,7 @@ class ScriptArgs:
     epoch_token: str
     #: ``XADD MAXLEN ~`` of the pool logs.
     log_max_len: int
-    #: TTL refreshed on every write of a node key (ms).
+    #: TTL of node keys (ms), armed by every mutation; a backstop if no reaper runs.
     ttl_ms: int
     #: A node whose last heartbeat is older than this is dead (ms).
     dead_ms: int
@@ -292,6 +350,24 @@ class ScriptArgs:
     load_tolerance: float
     #: The seed's behaviour: every heartbeat makes a version and an event.
     publish_every_heartbeat: bool = False
+    # The heartbeat's constant arguments, as strings once (heartbeats are the hot path).
+    _beat_settings: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        settings = (
+            self.epoch_token,
+            str(self.log_max_len),
+            str(self.ttl_ms),
+            repr(float(self.load_tolerance)),
+            str(self.ttl_rearm_ms),
+            "1" if self.publish_every_heartbeat else "0",
+        )
+        object.__setattr__(self, "_beat_settings", settings)
+
+    @property
+    def ttl_rearm_ms(self) -> int:
+        """A quiet heartbeat re-arms a TTL armed longer ago than this (``ttl - dead_after``)."""
+        return self.ttl_ms - self.dead_ms
 
     def base(self, pool: str, node_id: str) -> list[str]:
         """ARGV[1..6] of the single-node scripts."""
@@ -311,19 +387,31 @@ class ScriptArgs:
         return self.keys.script_keys(spec.pool, spec.node_id), argv
 
     def heartbeat(self, beat: Heartbeat) -> tuple[list[str], list[Any]]:
-        argv: list[Any] = self.base(beat.pool, beat.node_id)
-        argv += [repr(float(beat.load)), repr(self.load_tolerance)]
-        argv.append("1" if self.publish_every_heartbeat else "0")
-        argv.append("0" if beat.running_jobs is None else "1")
-        if beat.spec is not None:
+        pool, node_id = beat.pool, beat.node_id
+        token, log_max, ttl, tolerance, rearm, publish = self._beat_settings
+        jobs = beat.running_jobs
+        argv: list[Any] = [
+            self.keys.events(pool),
+            pool,
+            node_id,
+            token,
+            log_max,
+            ttl,
+            repr(float(beat.load)),
+            tolerance,
+            rearm,
+            publish,
+            "" if jobs is None else jobs_digest(jobs),
+        ]
+        if beat.spec is None:
+            argv.append("0")
+        else:
             f = beat.spec.to_hash_fields()
             argv += ["1", f["status"], f["max_jobs"], f["resources"], f["labels"]]
-        else:
-            argv += ["0", "", "", "", ""]
-        if beat.running_jobs is not None:
+        if jobs:
             # A set: duplicates would make the script's size comparison see a change every time.
-            argv += sorted(set(beat.running_jobs))
-        return self.keys.script_keys(beat.pool, beat.node_id), argv
+            argv += sorted(set(jobs))
+        return self.keys.script_keys(pool, node_id), argv
 
     def remove(self, pool: str, node_id: str) -> tuple[list[str], list[Any]]:
         return self.keys.script_keys(pool, node_id), self.base(pool, node_id)

@@ -54,24 +54,25 @@ counts = st.integers(0, 10**6)
 stamps = st.integers(0, 2**53)
 
 
-def written(spec: NodeSpec, version: int, current: int, heartbeat_ms: int) -> dict[str, str]:
-    """The hash ``register`` leaves in Redis for ``spec`` (the script adds these four fields)."""
+def written(spec: NodeSpec, version: int, current: int, armed_ms: int) -> dict[str, str]:
+    """The hash ``register`` leaves in Redis for ``spec`` (the script adds these three fields;
+    ``_ttl_at`` is its own bookkeeping, which readers ignore)."""
     fields = spec.to_hash_fields()
-    fields.update(version=str(version), current_jobs=str(current), heartbeat_ms=str(heartbeat_ms))
+    fields.update(version=str(version), current_jobs=str(current), _ttl_at=str(armed_ms))
     return fields
 
 
 @given(specs, versions, counts, stamps, st.booleans())
 def test_a_registered_spec_decodes_to_what_it_declared(
-    spec: NodeSpec, version: int, current: int, heartbeat_ms: int, as_bytes: bool
+    spec: NodeSpec, version: int, current: int, armed_ms: int, as_bytes: bool
 ) -> None:
-    raw: dict[Any, Any] = written(spec, version, current, heartbeat_ms)
+    raw: dict[Any, Any] = written(spec, version, current, armed_ms)
     if as_bytes:  # a client without decode_responses
         raw = {k.encode(): v.encode() for k, v in raw.items()}
     node = parse_node_hash(spec.pool, spec.node_id, raw)
     assert (node.node_id, node.pool, node.version) == (spec.node_id, spec.pool, version)
     assert (node.status, node.max_jobs, node.current_jobs) == (spec.status, spec.max_jobs, current)
-    assert node.load == spec.load and node.heartbeat_ms == heartbeat_ms
+    assert node.load == spec.load
     assert dict(node.resources) == {k: float(v) for k, v in spec.resources.items()}
     assert node.labels == spec.labels
     # Encoding is canonical: the same spec always writes the same hash (so no false "changes").
@@ -94,7 +95,6 @@ spoiled = st.one_of(
     st.tuples(st.just("version"), st.sampled_from(["", "0", "-3", "1.5", "x", "1e3"])),
     st.tuples(st.just("max_jobs"), st.sampled_from(["", "-1", "two", "3.0"])),
     st.tuples(st.just("current_jobs"), st.sampled_from(["", "-1", "nan", "1.0"])),
-    st.tuples(st.just("heartbeat_ms"), st.sampled_from(["", "-5", "soon"])),
     st.tuples(st.just("status"), st.text(max_size=8).filter(lambda s: s not in STATUSES)),
     st.tuples(st.just("load"), st.sampled_from(["", "heavy", "nan", "inf", "-inf"])),
     st.tuples(
@@ -114,14 +114,14 @@ spoiled = st.one_of(
     stamps,
     spoiled
     | st.tuples(
-        st.sampled_from(["version", "max_jobs", "current_jobs", "heartbeat_ms", "status"]), st.none()
+        st.sampled_from(["version", "max_jobs", "current_jobs", "status"]), st.none()
     ),
 )
 def test_a_spoiled_or_missing_field_is_refused_naming_it(
-    spec: NodeSpec, version: int, current: int, heartbeat_ms: int, damage: tuple[str, str | None]
+    spec: NodeSpec, version: int, current: int, armed_ms: int, damage: tuple[str, str | None]
 ) -> None:
     field, bad = damage
-    raw = written(spec, version, current, heartbeat_ms)
+    raw = written(spec, version, current, armed_ms)
     if bad is None:
         del raw[field]  # required fields; load, resources and labels have defaults
     else:

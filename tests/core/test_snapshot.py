@@ -37,7 +37,9 @@ def good_hash(**overrides: str) -> dict[str, str]:
         "load": "0.25",
         "resources": '{"cpu": 8, "mem_gb": 32.5}',
         "labels": '["gpu", "x"]',
-        "heartbeat_ms": "1700000000123",
+        # The scripts' bookkeeping, which readers ignore (lockless/redis/scripts.py).
+        "_ttl_at": "1700000000123",
+        "_jobs": "7:da39a3ee5e6b4b0d3255bfef95601890afd80709",
     }
     fields.update(overrides)
     return fields
@@ -77,7 +79,6 @@ def test_a_well_formed_hash_decodes_to_every_field() -> None:
         load=0.25,
         resources={"cpu": 8.0, "mem_gb": 32.5},
         labels=frozenset({"gpu", "x"}),
-        heartbeat_ms=1700000000123,
     )
     assert dict(node.resources) == {"cpu": 8.0, "mem_gb": 32.5}
     with pytest.raises(TypeError):
@@ -127,8 +128,6 @@ def test_optional_fields_take_their_defaults() -> None:
         (without("current_jobs"), "current_jobs", "is missing"),
         (good_hash(current_jobs="x"), "current_jobs", "not an integer"),
         (good_hash(current_jobs="-2"), "current_jobs", "below the minimum 0"),
-        (without("heartbeat_ms"), "heartbeat_ms", "is missing"),
-        (good_hash(heartbeat_ms="soon"), "heartbeat_ms", "not an integer"),
     ],
 )
 def test_every_malformed_field_raises_naming_node_and_field(
@@ -141,6 +140,19 @@ def test_every_malformed_field_raises_naming_node_and_field(
     assert (exc.node_id, exc.field) == ("node-9", field)
     assert words in exc.problem
     assert "'node-9'" in str(exc) and f"'{field}'" in str(exc)
+
+
+def test_liveness_and_bookkeeping_are_not_part_of_the_record() -> None:
+    # Liveness lives in the alive zset; a record written before it left the hash still
+    # carries heartbeat_ms, and the scripts' own fields start with '_': none of them
+    # is read, and none of them, good or garbage, makes a record malformed.
+    plain = {k: v for k, v in good_hash().items() if not k.startswith("_")}
+    assert parse_node_hash("p", "n1", plain) == parse_node_hash("p", "n1", good_hash())
+    legacy = good_hash(heartbeat_ms="1700000000123")
+    assert parse_node_hash("p", "n1", legacy) == parse_node_hash("p", "n1", plain)
+    garbage = good_hash(heartbeat_ms="soon", _ttl_at="later", _jobs="?")
+    assert parse_node_hash("p", "n1", garbage) == parse_node_hash("p", "n1", plain)
+    assert not hasattr(parse_node_hash("p", "n1", plain), "heartbeat_ms")
 
 
 def test_the_same_bad_resources_text_fails_again_after_being_cached() -> None:
@@ -169,7 +181,7 @@ def test_with_jobs_changes_only_jobs_and_version() -> None:
     assumed = node.with_jobs(2, 9)
     assert (assumed.current_jobs, assumed.version) == (2, 9)
     assert (node.current_jobs, node.version) == (1, 7)
-    for name in ("node_id", "pool", "status", "max_jobs", "load", "resources", "labels", "heartbeat_ms"):
+    for name in ("node_id", "pool", "status", "max_jobs", "load", "resources", "labels"):
         assert getattr(assumed, name) == getattr(node, name), name
 
 
@@ -198,7 +210,7 @@ def test_spec_round_trips_through_the_hash_the_scripts_write() -> None:
         "resources": '{"cpu": 4.0}',
         "labels": '["a", "b"]',
     }
-    node = parse_node_hash("p", "n1", {**fields, "version": "1", "current_jobs": "0", "heartbeat_ms": "5"})
+    node = parse_node_hash("p", "n1", {**fields, "version": "1", "current_jobs": "0"})
     assert (node.status, node.max_jobs, node.load, dict(node.resources), node.labels) == (
         "draining",
         3,
@@ -372,7 +384,7 @@ def test_every_malformed_event_raises_naming_node_and_field(
 def test_a_record_with_numbers_instead_of_strings_still_decodes() -> None:
     # cjson may hand back numbers; values are stringified before the strict parse.
     rec: dict[str, object] = dict(good_hash())
-    rec.update(version=7, max_jobs=4, current_jobs=1, heartbeat_ms=5, load=0.5)
+    rec.update(version=7, max_jobs=4, current_jobs=1, load=0.5)
     event = parse_event(json.dumps(good_event(rec=rec)))
     assert event.record is not None
     assert (event.record.version, event.record.max_jobs, event.record.load) == (7, 4, 0.5)

@@ -95,7 +95,7 @@ async def write_behind_the_cache(raw: aioredis.Redis, ns: str, node_id: str, ver
     """A valid record and alive entry written without an event: the cache has not seen it."""
     keys = KeySpace(ns)
     fields = spec(node_id).to_hash_fields()
-    fields.update(version=str(version), current_jobs="0", heartbeat_ms=str(int(time.time() * 1000)))
+    fields.update(version=str(version), current_jobs="0")
     await raw.hset(keys.node(POOL, node_id), mapping=fields)
     await raw.zadd(keys.alive(POOL), {node_id: int(time.time() * 1000)})
 

@@ -80,7 +80,7 @@ async def test_get_node_reads_the_record_or_none(store: RedisStore) -> None:
         0,
         0.5,
     )
-    assert node.labels == frozenset({"x"}) and node.heartbeat_ms > 0
+    assert node.labels == frozenset({"x"})
 
 
 @pytest.mark.parametrize(
@@ -340,7 +340,7 @@ async def test_registry_get_node_raises_malformed_and_keeps_serving_others(
             # A record written behind the cache's back (no event): read on first access.
             key = KeySpace(ns).node(POOL, "bad")
             await raw.hset(key, mapping={"version": "99", "status": "up", "max_jobs": "abc"})
-            await raw.hset(key, mapping={"current_jobs": "0", "heartbeat_ms": "1"})
+            await raw.hset(key, mapping={"current_jobs": "0"})
             await raw.zadd(KeySpace(ns).alive(POOL), {"bad": 1})
             before = registry.metrics()["events_malformed"]
             with pytest.raises(MalformedRecord) as info:
