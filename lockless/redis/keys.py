@@ -69,7 +69,7 @@ class KeySpace:
         ]
 
     def reap_keys(self, pool: str) -> list[str]:
-        """KEYS of the reap script."""
+        """KEYS of the scripts that act on many nodes of one pool: reap, and heartbeat batches."""
         return [self.alive(pool), self.seq(pool), self.epoch(pool), self.log(pool)]
 
     def pool_of_channel(self, channel: str) -> str | None:

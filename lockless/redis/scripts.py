@@ -20,11 +20,20 @@ builds, the ARGV order :meth:`ScriptArgs.base` builds)::
     ARGV[4] epoch token (set only if the pool has none)   ARGV[5] log max length
     ARGV[6] node TTL (ms)      ARGV[7..] per script, listed in its header
 
-Every script starts by naming its pool's keys in a table ``P`` (seq, epoch, log,
-channel, pool, token, log_max), which the shared pool functions (``next_seq``, ``emit``)
-use: ``REAP``, whose KEYS differ, shares them instead of restating them.
-:class:`ScriptArgs` (pure, below the scripts) builds each call's KEYS and ARGV, so the
-numbers in a header and the code that fills them sit together.
+Every script starts by naming its pool's keys in a table ``P`` (seq, epoch, log, alive,
+channel, pool, token, log_max, ttl), which the shared functions (``next_seq``, ``emit``,
+``write_record``, ...) use: ``HEARTBEAT`` and ``REAP``, whose KEYS differ (they act on
+many nodes of one pool), share them instead of restating them. The node functions take
+the node's keys and id as arguments for the same reason. :class:`ScriptArgs` (pure, below
+the scripts) builds each call's KEYS and ARGV, so the numbers in a header and the code
+that fills them sit together.
+
+Heartbeats come in batches. One ``HEARTBEAT`` call carries up to
+:data:`HEARTBEATS_PER_CALL` beats of one pool: one ``TIME`` for all of them, one ``HMGET``
+per beat, and one ``ZADD`` of every quiet beat's liveness at the end, so the fixed cost
+of a script call (argument tables, the Lua call, the reply) is paid once per batch instead
+of once per beat. Every beat's outcome is its own, exactly as if each had been a call of
+its own in a pipeline, and a single heartbeat is a batch of one.
 
 Where liveness lives. A node's last heartbeat (server ms) is its score in the pool's
 ``alive`` zset, and only there: admission (``JOB_START``) and the reaper read it, and a
@@ -49,7 +58,7 @@ events leave out and the codec ignores:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,8 +68,8 @@ from lockless.redis.keys import KeySpace
 
 #: The pool context of a single-node script (see the module docstring).
 _NODE_POOL = r"""
-local P = {seq = KEYS[4], epoch = KEYS[5], log = KEYS[6],
-           channel = ARGV[1], pool = ARGV[2], token = ARGV[4], log_max = ARGV[5]}
+local P = {seq = KEYS[4], epoch = KEYS[5], log = KEYS[6], alive = KEYS[3],
+           channel = ARGV[1], pool = ARGV[2], token = ARGV[4], log_max = ARGV[5], ttl = ARGV[6]}
 """
 
 #: Functions every script shares; they read the pool context ``P``.
@@ -92,11 +101,11 @@ local function emit(seq, op, node, version, ts, rec)
 end
 """
 
-#: Functions of the single-node scripts: the node record, its TTLs, its liveness.
+#: Functions on one node, given its hash key ``nk``, job set key ``jk`` and id.
 _NODE_FUNCTIONS = r"""
 -- The record as readers see it: fields starting with '_' (byte 95) are bookkeeping.
-local function record()
-  local flat = redis.call('HGETALL', KEYS[1])
+local function record(nk)
+  local flat = redis.call('HGETALL', nk)
   local rec = {}
   for i = 1, #flat, 2 do
     if string.byte(flat[i], 1) ~= 95 then rec[flat[i]] = flat[i + 1] end
@@ -104,20 +113,25 @@ local function record()
   return rec
 end
 -- PEXPIRE of a missing key is a no-op: the job set needs no EXISTS first.
-local function touch()
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+local function touch(nk, jk)
+  redis.call('PEXPIRE', nk, P.ttl)
+  redis.call('PEXPIRE', jk, P.ttl)
 end
-local function write_record(seq, ts, status, max_jobs, load, resources, labels)
-  redis.call('HSET', KEYS[1], 'version', seq, 'status', status, 'max_jobs', max_jobs,
-             'current_jobs', redis.call('SCARD', KEYS[2]), 'load', load,
+local function write_record(nk, jk, id, seq, ts, status, max_jobs, load, resources, labels)
+  redis.call('HSET', nk, 'version', seq, 'status', status, 'max_jobs', max_jobs,
+             'current_jobs', redis.call('SCARD', jk), 'load', load,
              'resources', resources, 'labels', labels, '_ttl_at', ts)
-  redis.call('ZADD', KEYS[3], ts, ARGV[3])
-  touch()
+  redis.call('ZADD', P.alive, ts, id)
+  touch(nk, jk)
 end
 """
 
 _PRELUDE = _NODE_POOL + _POOL_FUNCTIONS + _NODE_FUNCTIONS
+
+#: Beats in one HEARTBEAT call at most (more are split into several calls of one pipeline):
+#: enough to make the call's fixed cost small per beat, few enough that one call holds the
+#: server for well under a millisecond.
+HEARTBEATS_PER_CALL = 100
 
 # ARGV[7] status  ARGV[8] max_jobs  ARGV[9] load  ARGV[10] resources JSON  ARGV[11] labels JSON
 # A re-registering node keeps the job ids admitted on it (current_jobs = their count): a node
@@ -128,89 +142,119 @@ REGISTER = (
     + r"""
 local ts = now_ms()
 local seq = next_seq()
-write_record(seq, ts, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
-emit(seq, 'register', ARGV[3], seq, ts, record())
+write_record(KEYS[1], KEYS[2], ARGV[3], seq, ts, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+emit(seq, 'register', ARGV[3], seq, ts, record(KEYS[1]))
 return seq
 """
 )
 
-# ARGV[7] load  ARGV[8] load tolerance  ARGV[9] re-arm the TTL when armed longer ago than this (ms)
-# ARGV[10] '1' = every heartbeat publishes (seed behaviour)
-# ARGV[11] digest of the reported job set (jobs_digest), '' = the beat reports no jobs
-# ARGV[12] '1' = re-create if unknown, with ARGV[13] status  ARGV[14] max_jobs
-#          ARGV[15] resources JSON  ARGV[16] labels JSON
-# ARGV[13..] (or ARGV[17..] after a spec) the reported job ids, which replace the job set
-# A quiet heartbeat (known node, load within tolerance, the job set its digest stamp says)
-# refreshes liveness only: TIME, one HMGET, one ZADD, and the TTL when due (see the module
-# docstring). It runs before any function is defined, so it pays for none of them.
-# returns: {version (0 = unknown node, not re-created), changed 0|1, recreated 0|1}
+# A batch of heartbeats of one pool. Different KEYS (like REAP's):
+# KEYS[1] pool alive zset  KEYS[2] pool seq  KEYS[3] pool epoch  KEYS[4] pool log
+# ARGV[1] channel  ARGV[2] pool  ARGV[3] epoch token  ARGV[4] log max  ARGV[5] node TTL (ms)
+# ARGV[6] re-arm a quiet beat's TTL when armed longer ago than this (ms)  ARGV[7] load tolerance
+# ARGV[8] '1' = every heartbeat publishes (seed behaviour)
+# ARGV[9] node hash prefix  ARGV[10] job set prefix (both carry the pool's hash tag)
+# ARGV[11..] the beats, one after another, each:
+#   node id, load, digest of the reported job set ('' = no job report: the set is left alone),
+#   '1' + status, max_jobs, resources JSON, labels JSON (re-create if unknown) | '0',
+#   n, then n job ids (the reported set, which replaces the node's job set)
+# A quiet beat (known node, load within tolerance, the job set its digest stamp vouches
+# for) refreshes liveness only: its HMGET, its share of the batch's one TIME and one ZADD,
+# and the TTL when due (module docstring). Any other beat takes the full path, alone.
+# returns: two integers per beat, in order: version (0 = unknown node, not re-created)
+#          and 0 (quiet) | 1 (changed: new version, event) | 2 (re-created)
 HEARTBEAT = (
     r"""
-local t = redis.call('TIME')
-local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', KEYS[1], 'version', 'load', '_ttl_at', '_jobs')
-local load_quiet = h[1] and math.abs((tonumber(h[2]) or 0) - tonumber(ARGV[7])) <= tonumber(ARGV[8])
-local jobs_same = ARGV[11] == '' or (h[1] and h[4] == h[1] .. ':' .. ARGV[11])
-if load_quiet and jobs_same and ARGV[10] ~= '1' then
-  redis.call('ZADD', KEYS[3], ts, ARGV[3])
-  local armed = tonumber(h[3]) or 0
-  if ts - armed > tonumber(ARGV[9]) or ts < armed then
-    redis.call('PEXPIRE', KEYS[1], ARGV[6])
-    redis.call('PEXPIRE', KEYS[2], ARGV[6])
-    redis.call('HSET', KEYS[1], '_ttl_at', ts)
-  end
-  return {tonumber(h[1]), 0, 0}
-end
+local P = {seq = KEYS[2], epoch = KEYS[3], log = KEYS[4], alive = KEYS[1],
+           channel = ARGV[1], pool = ARGV[2], token = ARGV[3], log_max = ARGV[4], ttl = ARGV[5]}
 """
-    + _PRELUDE
+    + _POOL_FUNCTIONS
+    + _NODE_FUNCTIONS
     + r"""
-local first_job = ARGV[12] == '1' and 17 or 13
-local function replace_jobs()
-  redis.call('DEL', KEYS[2])
-  for i = first_job, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+local ts = now_ms()
+local rearm, tolerance, every = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
+local node_prefix, jobs_prefix = ARGV[9], ARGV[10]
+
+local function replace_jobs(jk, first, last)
+  redis.call('DEL', jk)
+  for i = first, last do redis.call('SADD', jk, ARGV[i]) end
 end
-if not h[1] then
-  if ARGV[12] ~= '1' then return {0, 0, 0} end
-  local seq = next_seq()
-  if ARGV[11] ~= '' then replace_jobs() end
-  write_record(seq, ts, ARGV[13], ARGV[14], ARGV[7], ARGV[15], ARGV[16])
-  if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], '_jobs', seq .. ':' .. ARGV[11]) end
-  emit(seq, 'register', ARGV[3], seq, ts, record())
-  return {seq, 1, 1}
-end
-redis.call('ZADD', KEYS[3], ts, ARGV[3])
-local changed = ARGV[10] == '1'
-if not load_quiet then
-  redis.call('HSET', KEYS[1], 'load', ARGV[7])
-  changed = true
-end
-if not jobs_same then
-  -- The stamp is stale (another write made a version since) or the set differs: compare.
-  local reported = {}
-  for i = first_job, #ARGV do reported[ARGV[i]] = true end
-  local same = (#ARGV - first_job + 1) == redis.call('SCARD', KEYS[2])
-  if same then
-    for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-      if not reported[id] then same = false break end
-    end
+-- Everything but a quiet beat: unknown node, load moved, job set to check, or every-beat mode.
+local function full(id, nk, h, load, digest, spec, first, last)
+  local jk = jobs_prefix .. id
+  if not h[1] then
+    if not spec then return 0, 0 end
+    local seq = next_seq()
+    if digest ~= '' then replace_jobs(jk, first, last) end
+    write_record(nk, jk, id, seq, ts, ARGV[spec], ARGV[spec + 1], load, ARGV[spec + 2], ARGV[spec + 3])
+    if digest ~= '' then redis.call('HSET', nk, '_jobs', seq .. ':' .. digest) end
+    emit(seq, 'register', id, seq, ts, record(nk))
+    return seq, 2
   end
-  if not same then
-    replace_jobs()
-    redis.call('HSET', KEYS[1], 'current_jobs', redis.call('SCARD', KEYS[2]))
+  redis.call('ZADD', P.alive, ts, id)
+  local changed = every
+  if math.abs((tonumber(h[2]) or 0) - tonumber(load)) > tolerance then
+    redis.call('HSET', nk, 'load', load)
     changed = true
   end
+  if digest ~= '' and h[4] ~= h[1] .. ':' .. digest then
+    -- The stamp is stale (another write made a version since) or the set differs: compare.
+    local reported = {}
+    for i = first, last do reported[ARGV[i]] = true end
+    local same = (last - first + 1) == redis.call('SCARD', jk)
+    if same then
+      for _, job in ipairs(redis.call('SMEMBERS', jk)) do
+        if not reported[job] then same = false break end
+      end
+    end
+    if not same then
+      replace_jobs(jk, first, last)
+      redis.call('HSET', nk, 'current_jobs', redis.call('SCARD', jk))
+      changed = true
+    end
+  end
+  touch(nk, jk)
+  if not changed then
+    -- Only a stale stamp brings a beat here unchanged: stamp the set it was found to be.
+    redis.call('HSET', nk, '_ttl_at', ts, '_jobs', h[1] .. ':' .. digest)
+    return tonumber(h[1]), 0
+  end
+  local seq = next_seq()
+  redis.call('HSET', nk, 'version', seq, '_ttl_at', ts)
+  if digest ~= '' then redis.call('HSET', nk, '_jobs', seq .. ':' .. digest) end
+  emit(seq, 'heartbeat', id, seq, ts, record(nk))
+  return seq, 1
 end
-touch()
-if not changed then
-  -- Only a stale stamp brings a beat here unchanged: stamp the set it was found to be.
-  redis.call('HSET', KEYS[1], '_ttl_at', ts, '_jobs', h[1] .. ':' .. ARGV[11])
-  return {tonumber(h[1]), 0, 0}
+
+local out, live = {}, {}
+local i = 11
+while i <= #ARGV do
+  local id, load, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local spec, n = nil, i + 4
+  if ARGV[i + 3] == '1' then spec, n = i + 4, i + 8 end
+  local first, last = n + 1, n + tonumber(ARGV[n])
+  local nk = node_prefix .. id
+  local h = redis.call('HMGET', nk, 'version', 'load', '_ttl_at', '_jobs')
+  if h[1] and not every and math.abs((tonumber(h[2]) or 0) - tonumber(load)) <= tolerance
+     and (digest == '' or h[4] == h[1] .. ':' .. digest) then
+    live[#live + 1] = ts
+    live[#live + 1] = id
+    local armed = tonumber(h[3]) or 0
+    if ts - armed > rearm or ts < armed then
+      touch(nk, jobs_prefix .. id)
+      redis.call('HSET', nk, '_ttl_at', ts)
+    end
+    out[#out + 1] = tonumber(h[1])
+    out[#out + 1] = 0
+  else
+    local version, outcome = full(id, nk, h, load, digest, spec, first, last)
+    out[#out + 1] = version
+    out[#out + 1] = outcome
+  end
+  i = last + 1
 end
-local seq = next_seq()
-redis.call('HSET', KEYS[1], 'version', seq, '_ttl_at', ts)
-if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], '_jobs', seq .. ':' .. ARGV[11]) end
-emit(seq, 'heartbeat', ARGV[3], seq, ts, record())
-return {seq, 1, 0}
+if #live > 0 then redis.call('ZADD', P.alive, unpack(live)) end
+return out
 """
 )
 
@@ -251,8 +295,8 @@ redis.call('SADD', KEYS[2], ARGV[7])
 cur = redis.call('HINCRBY', KEYS[1], 'current_jobs', 1)
 local seq = next_seq()
 redis.call('HSET', KEYS[1], 'version', seq)
-touch()
-emit(seq, 'job_start', ARGV[3], seq, ts, record())
+touch(KEYS[1], KEYS[2])
+emit(seq, 'job_start', ARGV[3], seq, ts, record(KEYS[1]))
 return {1, 'admitted', seq, cur, max}
 """
 )
@@ -277,8 +321,8 @@ if cur < 0 then
 end
 local seq = next_seq()
 redis.call('HSET', KEYS[1], 'version', seq)
-touch()
-emit(seq, 'job_finish', ARGV[3], seq, now_ms(), record())
+touch(KEYS[1], KEYS[2])
+emit(seq, 'job_finish', ARGV[3], seq, now_ms(), record(KEYS[1]))
 return {1, seq, cur}
 """
 )
@@ -291,7 +335,7 @@ return {1, seq, cur}
 # returns: the reaped node ids
 REAP = (
     r"""
-local P = {seq = KEYS[2], epoch = KEYS[3], log = KEYS[4],
+local P = {seq = KEYS[2], epoch = KEYS[3], log = KEYS[4], alive = KEYS[1],
            channel = ARGV[1], pool = ARGV[2], token = ARGV[3], log_max = ARGV[4]}
 """
     + _POOL_FUNCTIONS
@@ -350,7 +394,7 @@ class ScriptArgs:
     load_tolerance: float
     #: The seed's behaviour: every heartbeat makes a version and an event.
     publish_every_heartbeat: bool = False
-    # The heartbeat's constant arguments, as strings once (heartbeats are the hot path).
+    # The heartbeat batch's settings, as strings once (heartbeats are the hot path).
     _beat_settings: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -358,8 +402,8 @@ class ScriptArgs:
             self.epoch_token,
             str(self.log_max_len),
             str(self.ttl_ms),
-            repr(float(self.load_tolerance)),
             str(self.ttl_rearm_ms),
+            repr(float(self.load_tolerance)),
             "1" if self.publish_every_heartbeat else "0",
         )
         object.__setattr__(self, "_beat_settings", settings)
@@ -386,32 +430,27 @@ class ScriptArgs:
         argv += [f["resources"], f["labels"]]
         return self.keys.script_keys(spec.pool, spec.node_id), argv
 
-    def heartbeat(self, beat: Heartbeat) -> tuple[list[str], list[Any]]:
-        pool, node_id = beat.pool, beat.node_id
-        token, log_max, ttl, tolerance, rearm, publish = self._beat_settings
-        jobs = beat.running_jobs
-        argv: list[Any] = [
-            self.keys.events(pool),
-            pool,
-            node_id,
-            token,
-            log_max,
-            ttl,
-            repr(float(beat.load)),
-            tolerance,
-            rearm,
-            publish,
-            "" if jobs is None else jobs_digest(jobs),
-        ]
-        if beat.spec is None:
-            argv.append("0")
-        else:
-            f = beat.spec.to_hash_fields()
-            argv += ["1", f["status"], f["max_jobs"], f["resources"], f["labels"]]
-        if jobs:
+    def heartbeats(self, pool: str, beats: Sequence[Heartbeat]) -> tuple[list[str], list[Any]]:
+        """One HEARTBEAT call for ``beats``, all of ``pool`` (at most :data:`HEARTBEATS_PER_CALL`)."""
+        argv: list[Any] = [self.keys.events(pool), pool, *self._beat_settings]
+        argv += [self.keys.node_prefix(pool), self.keys.jobs_prefix(pool)]
+        add = argv.extend
+        for beat in beats:
+            jobs = beat.running_jobs
+            if jobs is None and beat.spec is None:  # the common case, kept short
+                add((beat.node_id, repr(float(beat.load)), "", "0", "0"))
+                continue
+            add((beat.node_id, repr(float(beat.load)), "" if jobs is None else jobs_digest(jobs)))
+            if beat.spec is None:
+                argv.append("0")
+            else:
+                f = beat.spec.to_hash_fields()
+                add(("1", f["status"], f["max_jobs"], f["resources"], f["labels"]))
             # A set: duplicates would make the script's size comparison see a change every time.
-            argv += sorted(set(jobs))
-        return self.keys.script_keys(pool, node_id), argv
+            ids = sorted(set(jobs)) if jobs else []
+            argv.append(str(len(ids)))
+            add(ids)
+        return self.keys.reap_keys(pool), argv
 
     def remove(self, pool: str, node_id: str) -> tuple[list[str], list[Any]]:
         return self.keys.script_keys(pool, node_id), self.base(pool, node_id)

@@ -37,7 +37,7 @@ from lockless.redis.client import guarded
 from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
 from lockless.redis.runner import ScriptRunner
-from lockless.redis.scripts import ScriptArgs
+from lockless.redis.scripts import HEARTBEATS_PER_CALL, ScriptArgs
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +169,32 @@ class RedisStore:
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
         """One heartbeat; version 0 means the node is unknown and no spec was given to re-create it."""
-        reply = await self.scripts.call("heartbeat", *self.args.heartbeat(beat))
-        return _heartbeat_result(beat.node_id, reply)
+        (result,) = await self.heartbeat_many([beat])
+        return result
 
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]:
-        """Heartbeats due together, pipelined into one round trip."""
+        """Heartbeats due together, in one round trip: per pool, batches of up to
+        ``HEARTBEATS_PER_CALL`` beats per script call, pipelined. Results in ``beats``' order."""
         if not beats:
             return []
-        replies = await self.scripts.call_many("heartbeat", [self.args.heartbeat(b) for b in beats])
-        return [_heartbeat_result(b.node_id, r) for b, r in zip(beats, replies, strict=True)]
+        by_pool: dict[str, list[int]] = {}
+        for i, beat in enumerate(beats):
+            by_pool.setdefault(beat.pool, []).append(i)
+        calls, order = [], []
+        for pool, indexes in by_pool.items():
+            for start in range(0, len(indexes), HEARTBEATS_PER_CALL):
+                part = indexes[start : start + HEARTBEATS_PER_CALL]
+                calls.append(self.args.heartbeats(pool, [beats[i] for i in part]))
+                order.extend(part)
+        replies = await self.scripts.call_many("heartbeat", calls)
+        results: list[HeartbeatResult] = [None] * len(beats)  # type: ignore[list-item]
+        # Two integers per beat (version, outcome); strict: a reply of the wrong length is a bug.
+        outcomes = (pair for reply in replies for pair in zip(reply[::2], reply[1::2], strict=True))
+        for i, (version, outcome) in zip(order, outcomes, strict=True):
+            results[i] = HeartbeatResult(
+                node_id=beats[i].node_id, version=version, changed=outcome != 0, recreated=outcome == 2
+            )
+        return results
 
     async def remove(self, pool: str, node_id: str) -> int:
         """Remove the node; returns the removal's version, 0 if it did not exist."""
@@ -313,9 +330,3 @@ class RedisStore:
 
     async def pools(self) -> set[str]:
         return set(await self._guarded("SMEMBERS pools", lambda: self.client.smembers(self.keys.pools())))
-
-
-def _heartbeat_result(node_id: str, reply: Sequence[Any]) -> HeartbeatResult:
-    return HeartbeatResult(
-        node_id=node_id, version=int(reply[0]), changed=bool(int(reply[1])), recreated=bool(int(reply[2]))
-    )

@@ -398,23 +398,58 @@ def broken(store: RedisStore, old: str, new: str) -> RedisStore:
     return store
 
 
-async def test_a_quiet_heartbeat_is_time_hmget_zadd(fault_server: RedisServer, ns: str) -> None:
+async def test_quiet_heartbeats_cost_one_hmget_each_and_share_time_and_zadd(
+    fault_server: RedisServer, ns: str
+) -> None:
     s = make_store(fault_server.url, ns)
     try:
-        await s.register(spec())
+        await s.register_many([spec(f"n{i}") for i in range(10)])
         jobs = ["j1", "j2"]
         await s.heartbeat(Heartbeat(pool=POOL, node_id="n1", running_jobs=jobs))  # writes and stamps the set
-        quiet = [Heartbeat(pool=POOL, node_id="n1"), Heartbeat(pool=POOL, node_id="n1", running_jobs=jobs)]
-        for beat in quiet:  # with or without a job report: the stamp answers for the set
+        quiet = [Heartbeat(pool=POOL, node_id=f"n{i}") for i in range(10)]
+        quiet[1] = Heartbeat(pool=POOL, node_id="n1", running_jobs=jobs)  # the stamp answers for the set
 
-            async def ten(beat: Heartbeat = beat) -> None:
-                results = await s.heartbeat_many([beat] * 10)
-                assert not any(r.changed for r in results)
+        async def ten() -> None:
+            results = await s.heartbeat_many(quiet)
+            assert not any(r.changed for r in results)
 
-            commands = await inner_commands(fault_server, ten)
-            assert commands == {"evalsha": 10, "time": 10, "hmget": 10, "zadd": 10}
+        commands = await inner_commands(fault_server, ten)
+        assert commands == {"evalsha": 1, "time": 1, "hmget": 10, "zadd": 1}
+        # More beats than one call carries: several calls, one pipeline, each its own TIME and ZADD.
+        many = [quiet[i % 10] for i in range(2 * scripts.HEARTBEATS_PER_CALL + 1)]
+
+        async def more() -> None:
+            assert [r.node_id for r in await s.heartbeat_many(many)] == [b.node_id for b in many]
+
+        commands = await inner_commands(fault_server, more)
+        assert commands == {"evalsha": 3, "time": 3, "hmget": len(many), "zadd": 3}
     finally:
         await s.close()
+
+
+async def test_a_batch_across_pools_answers_each_beat_in_order(
+    store: RedisStore, raw: aioredis.Redis, ns: str
+) -> None:
+    other = NodeSpec(node_id="o1", pool="q", max_jobs=2)
+    await store.register_many([spec("n1"), spec("n2"), other])
+    beats = [
+        Heartbeat(pool=POOL, node_id="n1"),
+        Heartbeat(pool="q", node_id="o1", load=0.9),  # changed, in pool q: q's first version after 1
+        Heartbeat(pool=POOL, node_id="ghost", spec=spec("ghost")),  # re-created in pool p
+        Heartbeat(pool="q", node_id="ghost"),  # unknown, no spec
+        Heartbeat(pool=POOL, node_id="n2"),
+    ]
+    results = await store.heartbeat_many(beats)
+    assert [(r.node_id, r.version, r.changed, r.recreated) for r in results] == [
+        ("n1", 1, False, False),
+        ("o1", 2, True, False),
+        ("ghost", 3, True, True),
+        ("ghost", 0, False, False),
+        ("n2", 2, False, False),
+    ]
+    keys = KeySpace(ns)
+    assert await raw.zscore(keys.alive("q"), "o1") and await raw.zscore(keys.alive(POOL), "ghost")
+    assert await raw.zscore(keys.alive("q"), "ghost") is None
 
 
 @pytest.mark.parametrize("age", ["fresh", "just_before_due", "just_after_due", "clock_went_back"])
@@ -455,7 +490,7 @@ async def test_a_heartbeat_that_never_rearms_would_be_caught(
 ) -> None:
     # The check above, against a broken script whose quiet path never re-arms: a node beating
     # every few seconds would lose its key dead_after after the last arming, while alive.
-    broken(store, "if ts - armed > tonumber(ARGV[9]) or ts < armed then", "if false then")
+    broken(store, "if ts - armed > rearm or ts < armed then", "if false then")
     keys = KeySpace(ns)
     await store.register(spec())
     seconds, micros = await raw.time()
@@ -543,7 +578,7 @@ async def test_a_digest_without_its_version_would_miss_a_leak(
     # The test above, against a broken script that trusts the digest at any version: the
     # node's report of the old set after an admission is taken as quiet, and the set keeps
     # a job the node does not run.
-    broken(store, "h[4] == h[1] .. ':' .. ARGV[11]", "string.sub(h[4] or '', -40) == ARGV[11]")
+    broken(store, "h[4] == h[1] .. ':' .. digest", "string.sub(h[4] or '', -40) == digest")
     await store.register(spec(max_jobs=8))
     assert (await store.heartbeat(Heartbeat(pool=POOL, node_id="n1", running_jobs=["a", "b"]))).changed
     assert (await store.job_start(POOL, "n1", "c")).admitted
