@@ -1,10 +1,10 @@
 """The dispatcher: replays the plan open loop against the loop clock (DESIGN.md section 8).
 
-Plan-and-replay, measured against lockstep in DESIGN.md: the SimPy model runs ahead in
+Plan-and-replay, measured against lockstep in DESIGN.md: the model runs ahead in
 small windows (:data:`LOOKAHEAD_S`), and the dispatcher starts one asyncio task per
-operation at its intended time, except heartbeats: a heartbeat may wait up to
-``harness.tick_ms`` for company, and those due together for the same scheduler instance
-go out as one pipelined ``heartbeat_many`` (up to ``max_batch``). That wait is harness
+operation at its intended time, except heartbeats (``sim/heartbeats.py``): a heartbeat may
+wait up to ``harness.tick_ms`` for company, and those due together for the same scheduler
+instance go out as one ``heartbeat_many`` (up to ``max_batch``). That wait is harness
 lag and counts in their latency; other operations are not held for a tick.
 Nothing waits for an answer before the next operation is sent (open loop), so a slow
 registry shows as latency, never as a lighter load.
@@ -23,17 +23,17 @@ so time spent waiting for the loop counts as harness lag, and lag counts in late
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import itertools
 import math
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from lockless import Heartbeat, HeartbeatResult, Registry
+from lockless import Registry
 from sim.bridge import Bridge
 from sim.config import ExperimentConfig
+from sim.heartbeats import HeartbeatDriver, HeartbeatSink
 from sim.model.plan import Cluster, Kind, Op, Planner
 from sim.recorder import Recorder
 
@@ -43,12 +43,6 @@ LOOKAHEAD_S = 0.2
 PLAN_STEP_S = 0.02
 
 FaultHandler = Callable[[Op, float], Awaitable[None]]
-
-
-class HeartbeatSink(Protocol):
-    """Anything with the ``heartbeat_many`` of ``Registry`` (a registry, or a bare ``RedisStore``)."""
-
-    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]: ...
 
 
 class NodeTracker:
@@ -114,8 +108,17 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self._followups: list[tuple[float, int, tuple[Any, ...]]] = []
         self._seq = itertools.count()
-        self._loads: dict[int, float] = {}
-        self.sent = 0  # operations handed to registries (progress display)
+        self.heartbeats = HeartbeatDriver(
+            cluster=self.cluster,
+            bridge=bridge,
+            recorder=recorder,
+            max_batch=config.harness.max_batch,
+            sink_of=lambda instance: heartbeat_sink or self.registries[instance],
+            by_instance=heartbeat_sink is None,
+            spawn=self._task,  # counted by the driver, beat by beat
+            on_recreated=self._recreated_by_heartbeat,
+        )
+        self._sent = 0
         self._touched: dict[str, set[str]] = defaultdict(set)
 
     def take_touched(self) -> dict[str, set[str]]:
@@ -130,10 +133,9 @@ class Dispatcher:
         Each operation is started at its intended time, except heartbeats, which may wait
         up to one tick for company so that a tick's heartbeats share one pipeline.
         """
-        bridge, planner = self.bridge, self.planner
+        bridge, planner, heartbeats = self.bridge, self.planner, self.heartbeats
         tick = self.config.harness.tick_ms / 1000.0
         end_real = bridge.real(planner.end)
-        beats: deque[Op] = deque()
         others: deque[Op] = deque()
         followups = self._followups
         inf = math.inf
@@ -141,13 +143,20 @@ class Dispatcher:
             # Keep the model LOOKAHEAD_S ahead of the clock, in short steps.
             horizon = bridge.sim(bridge.now()) + LOOKAHEAD_S
             while not planner.done and planner.env.now < horizon:
-                for op in planner.advance(planner.env.now + PLAN_STEP_S):
-                    (beats if op.kind is Kind.HEARTBEAT else others).append(op)
+                planned, beats = planner.advance_split(planner.env.now + PLAN_STEP_S)
+                others.extend(planned)
+                heartbeats.add(beats)
             next_other = bridge.real(others[0].t) if others else inf
-            next_beats = bridge.real(beats[0].t) + tick if beats else inf
+            first_beat = heartbeats.first_due()
+            next_beats = bridge.real(first_beat) + tick if first_beat < inf else inf
             next_follow = followups[0][0] if followups else inf
             wake = min(next_other, next_beats, next_follow)
-            if planner.done and not beats and not others and (not followups or next_follow >= end_real):
+            if (
+                planner.done
+                and not heartbeats.pending
+                and not others
+                and (not followups or next_follow >= end_real)
+            ):
                 break
             if wake == inf:  # nothing planned within the lookahead: come back when the model has more
                 wake = bridge.real(planner.env.now)
@@ -162,17 +171,13 @@ class Dispatcher:
                 intended, _, args = heapq.heappop(followups)
                 if intended < end_real:
                     self._spawn(self._job_finish(intended, *args))
-            if beats and bridge.real(beats[0].t) <= now:
-                due: dict[int, list[Op]] = defaultdict(list)
-                # One pipeline per instance, or one for all when the harness writes them itself.
-                by_instance = self.heartbeat_sink is None
-                while beats and bridge.real(beats[0].t) <= now:
-                    op = beats.popleft()
-                    due[op.instance if by_instance else -1].append(op)
-                batch = self.config.harness.max_batch
-                for instance, ops in due.items():
-                    for i in range(0, len(ops), batch):
-                        self._spawn(self._heartbeats(instance, ops[i : i + batch]))
+            # One batch per instance, or one for all when the harness writes them itself.
+            heartbeats.send_due(bridge.sim(now))
+
+    @property
+    def sent(self) -> int:
+        """Operations handed to registries, heartbeats counted one by one (progress display)."""
+        return self._sent + self.heartbeats.sent
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` for started operations; cancel the rest and return how many."""
@@ -186,10 +191,13 @@ class Dispatcher:
         return len(left)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
+        self._task(coro)
+        self._sent += 1
+
+    def _task(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        self.sent += 1
 
     def _start_op(self, op: Op) -> None:
         intended = self.bridge.real(op.t)
@@ -210,42 +218,11 @@ class Dispatcher:
             self._spawn(self.on_fault(op, intended))
 
     # ------------------------------------------------------------ operations
-    async def _heartbeats(self, instance: int, ops: list[Op]) -> None:
-        beats = []
-        for op in ops:
-            spec = self.cluster.spec(op.idx)
-            if op.value >= 0:
-                self._loads[op.idx] = op.value
-            beats.append(Heartbeat(pool=spec.pool, node_id=spec.node_id, load=self._loads.get(op.idx, 0.0)))
-        intended = [self.bridge.real(op.t) for op in ops]
-        registry = self.heartbeat_sink or self.registries[instance]
-        sent = self.bridge.now()
-        error: BaseException | None = None
-        try:
-            results = await registry.heartbeat_many(beats)
-            # A node Redis does not know (reaped while silent, or Redis lost its data) answers
-            # version 0; like a real node agent, it then heartbeats again carrying its spec,
-            # which re-creates it. Sending the spec every time would cost the harness a JSON
-            # encoding and five more arguments per heartbeat for an event that is rare.
-            unknown = [
-                (op, b)
-                for op, b, r in zip(ops, beats, results, strict=True)
-                if r.version == 0 and not r.journaled
-            ]
-            if unknown:
-                again = [dataclasses.replace(b, spec=self.cluster.spec(op.idx)) for op, b in unknown]
-                results = [*results, *await registry.heartbeat_many(again)]
-                self.rec.count("reregistered_by_heartbeat", len(again))
-        except Exception as exc:  # recorded as a failed operation, by type
-            error = exc
-        else:
-            for result in results:
-                if result.recreated:
-                    # A node re-created after the harness removed it (a heartbeat sent before the
-                    # leave, applied after it): alive in Redis again, as the protocol says.
-                    self.tracker.up(result.node_id)
-                    self.rec.count("recreated_by_heartbeat")
-        self.rec.batch("heartbeat", intended, sent, self.bridge.now(), error)
+    def _recreated_by_heartbeat(self, pool: str, node_id: str) -> None:
+        # A node re-created after the harness removed it (a heartbeat sent before the leave,
+        # applied after it): alive in Redis again, as the protocol says.
+        self.tracker.up(node_id)
+        self.rec.count("recreated_by_heartbeat")
 
     async def _timed(self, op_name: str, intended: float, call: Awaitable[Any]) -> tuple[Any, float, bool]:
         sent = self.bridge.now()

@@ -1,8 +1,9 @@
-"""The plan: time-ordered intended operations emitted by the SimPy model.
+"""The plan: time-ordered intended operations emitted by the model.
 
-The model (``nodes``, ``jobs``, ``faults``) runs in SimPy's virtual time and never
-awaits; each process appends :class:`Op` records at ``env.now``, so the plan comes out
-sorted by intended time. The dispatcher replays it open loop against the wall clock
+The model runs in virtual time and never awaits: the jobs and faults are SimPy processes
+that append :class:`Op` records at ``env.now``; the nodes' lives (``nodes``) are computed
+from a heap of each node's next instant, in the same time order, without a process per
+node. The plan comes out sorted by intended time. The dispatcher replays it open loop against the wall clock
 (DESIGN.md section 8, "plan-and-replay"). Outcome-driven follow-ups (a job's finish on
 the node it actually landed on) are not in the plan: only the dispatcher knows where a
 job landed, so it schedules them itself.
@@ -15,9 +16,12 @@ cut into windows, so the same seed still gives the same plan.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import deque
 from collections.abc import Iterator
+from operator import attrgetter
+from typing import NamedTuple
 
 import simpy
 
@@ -27,11 +31,26 @@ from sim.model import jobs as job_model
 from sim.model import nodes as node_model
 from sim.model.ops import Cluster, Kind, Op
 
-__all__ = ["Cluster", "Kind", "Op", "Planner"]
+__all__ = ["Beats", "Cluster", "Kind", "Op", "Planner"]
+
+
+class Beats(NamedTuple):
+    """Heartbeats of a window as three parallel lists (no :class:`Op` per beat: there are
+    20,000 a second at 100,000 nodes)."""
+
+    times: list[float]
+    """Intended time (simulated s), non-decreasing."""
+    nodes: list[int]
+    """Node index."""
+    loads: list[float]
+    """The load the beat reports when it moved, else -1 (a quiet heartbeat)."""
+
+
+_BY_TIME = attrgetter("t")
 
 
 class Planner:
-    """Runs the SimPy model and hands out its plan window by window."""
+    """Runs the model and hands out its plan window by window."""
 
     def __init__(
         self,
@@ -52,23 +71,40 @@ class Planner:
         self._out: deque[Op] = deque()
         seed = config.experiment.seed
         emit = self._out.append
+        self.nodes: node_model.NodeLives | None = None
         if nodes:
-            node_model.start(self.env, emit, self.cluster, random.Random(f"{seed}-nodes-{shard}"))
+            self.nodes = node_model.NodeLives(self.cluster, random.Random(f"{seed}-nodes-{shard}"))
         if jobs:
             job_model.start(self.env, emit, self.cluster, random.Random(f"{seed}-jobs-{shard}"))
         # Faults act on the one shared server: one process owns them (shard 0, or the parent).
         if faults if faults is not None else shard == 0:
             fault_model.start(self.env, emit, config.faults)
 
-    def advance(self, until: float) -> deque[Op]:
-        """Run the model to ``until`` (capped at the end) and return the ops emitted meanwhile."""
+    def advance_split(self, until: float) -> tuple[list[Op], Beats]:
+        """Run the model to ``until`` (capped at the end): the operations other than
+        heartbeats, in time order, and the heartbeats apart."""
         until = min(until, self.end)
+        beats = Beats([], [], [])
+        life: list[Op] = []
+        if self.nodes is not None:
+            self.nodes.advance(until, life.append, *beats)
         if until > self.env.now:
             self.env.run(until=until)
-        # The processes hold the deque's bound append, so hand out a copy and keep the deque.
-        out = self._out.copy()
+        # The processes hold the deque's bound append, so take its contents and keep the deque.
+        simulated = list(self._out)
         self._out.clear()
-        return out
+        others = list(heapq.merge(life, simulated, key=_BY_TIME)) if life else simulated
+        return others, beats
+
+    def advance(self, until: float) -> deque[Op]:
+        """Run the model to ``until`` (capped at the end) and return every operation, heartbeats as ops."""
+        others, beats = self.advance_split(until)
+        instance_of = self.cluster.instance_of
+        beat_ops = [
+            Op(t, Kind.HEARTBEAT, idx, instance_of(idx), value=load)
+            for t, idx, load in zip(*beats, strict=True)
+        ]
+        return deque(heapq.merge(others, beat_ops, key=_BY_TIME))
 
     @property
     def done(self) -> bool:

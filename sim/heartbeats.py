@@ -1,0 +1,167 @@
+"""The harness's heartbeat path: the plan's beats, sent as node agents send them, for little CPU.
+
+At 100,000 nodes and a 5 s interval the harness sends 20,000 heartbeats a second, so what
+it spends per beat decides how large a cluster one machine can drive (issue 12: ~30 us of
+harness CPU per beat, end to end). The beats therefore never become one object each on
+their way: the model hands them over as three parallel lists (:class:`~sim.model.plan.Beats`),
+:class:`HeartbeatDriver` queues them as such, and a tick's due beats go out together.
+
+What stays per beat is what a node agent does: one :class:`~lockless.Heartbeat` value per
+node, built once and rebuilt only when the node reports a new load (the value is
+immutable, so the same one is sent beat after beat), and the library's production write
+call, ``heartbeat_many`` (the store's, or the node's scheduler instance's), unchanged. A
+node Redis does not know (reaped while silent, or Redis lost its data) answers version 0;
+like a real agent, it then beats again carrying its spec, which re-creates it.
+
+Open-loop accounting is exact: each beat's intended time is its own (from the plan),
+``sent`` is read right before the call and ``done`` right after, and the recorder takes
+the whole batch's three times at once (:meth:`~sim.recorder.Recorder.batch`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from lockless import Heartbeat, HeartbeatResult
+from sim.bridge import Bridge
+from sim.model.plan import Beats, Cluster
+from sim.recorder import Recorder
+
+#: Sent beats are dropped from the queue's lists once this many have gathered at the front.
+_COMPACT_AT = 8192
+
+
+class HeartbeatSink(Protocol):
+    """Anything with the ``heartbeat_many`` of ``Registry`` (a registry, or a bare ``RedisStore``)."""
+
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]: ...
+
+
+class HeartbeatDriver:
+    """Queues the plan's heartbeats and sends the due ones, one ``heartbeat_many`` per sink and batch.
+
+    ``sink_of(instance)`` is where a node's beats go: its scheduler instance, or (with
+    ``by_instance`` False) one sink for all, the harness's own store. ``spawn`` starts a
+    send as a task of the dispatcher's (so it is drained and counted with the others);
+    ``on_recreated(pool, node_id)`` hears of every node a beat re-created.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster: Cluster,
+        bridge: Bridge,
+        recorder: Recorder,
+        max_batch: int,
+        sink_of: Callable[[int], HeartbeatSink],
+        by_instance: bool,
+        spawn: Callable[[Awaitable[None]], None],
+        on_recreated: Callable[[str, str], None],
+    ) -> None:
+        self.cluster = cluster
+        self.bridge = bridge
+        self.rec = recorder
+        self.max_batch = max_batch
+        self.sink_of = sink_of
+        self.by_instance = by_instance
+        self.spawn = spawn
+        self.on_recreated = on_recreated
+        # The queue: planned, not yet sent beats (parallel lists, times sorted), from _head on.
+        self._times: list[float] = []
+        self._nodes: list[int] = []
+        self._loads: list[float] = []
+        self._head = 0
+        # Each node's current heartbeat (pool, id, load), reused while its load stays.
+        self._beats: dict[int, Heartbeat] = {}
+        self.sent = 0
+
+    # ------------------------------------------------------------------ queue
+    def add(self, beats: Beats) -> None:
+        """Queue a window of the plan's beats (later than every beat queued before)."""
+        self._times += beats.times
+        self._nodes += beats.nodes
+        self._loads += beats.loads
+
+    @property
+    def pending(self) -> int:
+        return len(self._times) - self._head
+
+    def first_due(self) -> float:
+        """Simulated time of the earliest queued beat (inf if none)."""
+        return self._times[self._head] if self._head < len(self._times) else math.inf
+
+    def send_due(self, sim_now: float) -> None:
+        """Send every queued beat intended at or before ``sim_now``: one task per sink and batch."""
+        head = self._head
+        end = bisect.bisect_right(self._times, sim_now, head)
+        if end == head:
+            return
+        times, nodes, loads = self._times[head:end], self._nodes[head:end], self._loads[head:end]
+        self._head = end
+        if end >= _COMPACT_AT:
+            del self._times[:end], self._nodes[:end], self._loads[:end]
+            self._head = 0
+        if self.by_instance:
+            groups: dict[int, list[int]] = {}
+            instance_of = self.cluster.instance_of
+            for k, idx in enumerate(nodes):
+                groups.setdefault(instance_of(idx), []).append(k)
+            for instance, ks in groups.items():
+                self._spawn_batches(
+                    instance, [times[k] for k in ks], [nodes[k] for k in ks], [loads[k] for k in ks]
+                )
+        else:
+            self._spawn_batches(-1, times, nodes, loads)
+
+    def _spawn_batches(self, instance: int, times: list[float], nodes: list[int], loads: list[float]) -> None:
+        step = self.max_batch
+        for i in range(0, len(times), step):
+            self.spawn(self._send(instance, times[i : i + step], nodes[i : i + step], loads[i : i + step]))
+
+    # ------------------------------------------------------------------- send
+    def _heartbeat(self, idx: int, load: float) -> Heartbeat:
+        """The node's heartbeat value, rebuilt only when it reports a new load."""
+        beat = self._beats.get(idx)
+        if beat is None or (load >= 0 and load != beat.load):
+            spec = self.cluster.spec(idx)
+            beat = Heartbeat(pool=spec.pool, node_id=spec.node_id, load=load if load >= 0 else 0.0)
+            self._beats[idx] = beat
+        return beat
+
+    async def _send(self, instance: int, times: list[float], nodes: list[int], loads: list[float]) -> None:
+        get = self._beats.get
+        beats = []
+        for idx, load in zip(nodes, loads, strict=True):
+            beat = get(idx)
+            beats.append(beat if beat is not None and load < 0 else self._heartbeat(idx, load))
+        sink = self.sink_of(instance)
+        bridge = self.bridge
+        # Intended loop times of the whole batch (Bridge.real, on an array).
+        intended = bridge.start + np.asarray(times) * bridge.scale
+        sent = bridge.now()
+        error: BaseException | None = None
+        try:
+            results = await sink.heartbeat_many(beats)
+            unknown = [k for k, r in enumerate(results) if r.version == 0 and not r.journaled]
+            if unknown:
+                again = [dataclasses.replace(beats[k], spec=self.cluster.spec(nodes[k])) for k in unknown]
+                results = [*results, *await sink.heartbeat_many(again)]
+                self.rec.count("reregistered_by_heartbeat", len(again))
+        except Exception as exc:  # recorded as failed operations, by type
+            error = exc
+        else:
+            recreated = [r.node_id for r in results if r.recreated]
+            if recreated:
+                pools = {b.node_id: b.pool for b in beats}
+                for node_id in recreated:
+                    # A node re-created after the harness removed it (a beat sent before the
+                    # leave, applied after it), or after Redis lost it: alive in Redis again.
+                    self.on_recreated(pools[node_id], node_id)
+        self.sent += len(beats)
+        self.rec.batch("heartbeat", intended, sent, bridge.now(), error)
