@@ -93,7 +93,9 @@ def _run_experiment(
             )
 
         try:
-            outcome = asyncio.run(run_async(config, redis_url=redis_url, progress=progress))
+            # Quiet: no display, and no lag percentile computed four times a second for it.
+            shown = None if quiet else progress
+            outcome = asyncio.run(run_async(config, redis_url=redis_url, progress=shown))
         except (ConfigError, LocklessError) as exc:
             raise click.ClickException(str(exc)) from None
     return write_run(outcome, out)

@@ -26,11 +26,13 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-import numpy as np
+import psutil
+from redis.exceptions import RedisError
 
 from lockless import Heartbeat, HeartbeatResult
 from sim.bridge import Bridge
 from sim.model.plan import Beats, Cluster
+from sim.probe import ADMIN_COMMANDS, admin_client
 from sim.recorder import Recorder
 
 #: Sent beats are dropped from the queue's lists once this many have gathered at the front.
@@ -142,8 +144,8 @@ class HeartbeatDriver:
             beats.append(beat if beat is not None and load < 0 else self._heartbeat(idx, load))
         sink = self.sink_of(instance)
         bridge = self.bridge
-        # Intended loop times of the whole batch (Bridge.real, on an array).
-        intended = bridge.start + np.asarray(times) * bridge.scale
+        start, scale = bridge.start, bridge.scale
+        intended = [start + t * scale for t in times]  # Bridge.real of each
         sent = bridge.now()
         error: BaseException | None = None
         try:
@@ -165,3 +167,90 @@ class HeartbeatDriver:
                     self.on_recreated(pools[node_id], node_id)
         self.sent += len(beats)
         self.rec.batch("heartbeat", intended, sent, bridge.now(), error)
+
+
+def _cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system
+
+
+class CpuWindow:
+    """CPU of the harness, the server and the scheduler processes over the recorded part of a phase.
+
+    The phase-wide CPU figures of the report also hold start-up, the drain and the final
+    convergence check (which reads every record of the cluster): at 100,000 nodes those
+    dwarf the steady state. This window runs from the end of the warm-up to the end of the
+    plan, and divides by the heartbeats sent in it: the cost of a heartbeat, end to end.
+    With the server's URL it also takes ``INFO commandstats`` at both ends: the server time
+    of every script call (heartbeat batches and the jobs' scripts alike: ``evalsha`` times
+    a script whole, its inner commands included) per heartbeat, and every command counted.
+    """
+
+    def __init__(
+        self, *, redis_pid: int | None, scheduler_pids: Sequence[int] = (), redis_url: str | None = None
+    ) -> None:
+        self.pids = {"harness": psutil.Process().pid, "redis": redis_pid}
+        self.scheduler_pids = list(scheduler_pids)
+        self.redis_url = redis_url
+        self._start: tuple[float, dict[str, float], int, dict[str, tuple[int, int]]] | None = None
+
+    def _cpu(self) -> dict[str, float]:
+        return {
+            "harness": _cpu_s(self.pids["harness"]),
+            "redis": _cpu_s(self.pids["redis"]),
+            "scheduler": sum(_cpu_s(pid) for pid in self.scheduler_pids),
+        }
+
+    async def _commandstats(self) -> dict[str, tuple[int, int]]:
+        """``{command: (calls, usec)}``, or {} without a URL or when the server does not answer."""
+        if self.redis_url is None:
+            return {}
+        client = admin_client(self.redis_url)
+        try:
+            info = await client.info("commandstats")
+        except RedisError:
+            return {}
+        finally:
+            await client.aclose()
+        return {
+            name.removeprefix("cmdstat_").lower(): (int(v["calls"]), int(v["usec"]))
+            for name, v in info.items()
+            if isinstance(v, dict) and "calls" in v
+        }
+
+    async def start(self, wall: float, beats_sent: int) -> None:
+        stats = await self._commandstats()
+        self._start = (wall, self._cpu(), beats_sent, stats)
+
+    async def stop(self, wall: float, beats_sent: int) -> dict[str, float]:
+        """Counters for the recorder (CPU in % of one core; per heartbeat in us); {} if never started."""
+        if self._start is None:
+            return {}
+        cpu1 = self._cpu()
+        stats1 = await self._commandstats()
+        wall0, cpu0, sent0, stats0 = self._start
+        span, beats = wall - wall0, beats_sent - sent0
+        out: dict[str, float] = {"steady_s": round(span, 3), "steady_heartbeats": beats}
+        measured = {"harness", *(("redis",) if self.pids["redis"] else ())}
+        measured |= {"scheduler"} if self.scheduler_pids else set()
+        for name in sorted(measured):
+            used = cpu1[name] - cpu0[name]
+            out[f"steady_{name}_cpu_pct"] = round(100 * used / span, 1) if span > 0 else 0.0
+            if beats:
+                out[f"steady_{name}_cpu_us_per_heartbeat"] = round(1e6 * used / beats, 2)
+        if stats0 and stats1 and beats:
+            delta = {
+                k: (c - stats0.get(k, (0, 0))[0], u - stats0.get(k, (0, 0))[1])
+                for k, (c, u) in stats1.items()
+                if k.split("|")[0] not in ADMIN_COMMANDS
+            }
+            out["steady_redis_evalsha_us_per_heartbeat"] = round(delta.get("evalsha", (0, 0))[1] / beats, 2)
+            out["steady_redis_evalsha_per_heartbeat"] = round(delta.get("evalsha", (0, 0))[0] / beats, 4)
+            # Every command the server ran (a script's inner commands included), per heartbeat.
+            out["steady_redis_commands_per_heartbeat"] = round(sum(c for c, _ in delta.values()) / beats, 3)
+        return out

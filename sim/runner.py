@@ -48,6 +48,7 @@ from sim.bridge import Bridge
 from sim.checks import ModeWatch, capacity_sweep, capacity_watch, converge, loop_watch
 from sim.config import ExperimentConfig, from_mapping
 from sim.dispatcher import Dispatcher
+from sim.heartbeats import CpuWindow
 from sim.injector import FaultInjector
 from sim.model.plan import Cluster, Planner
 from sim.probe import phase_commands, run_probe, server_stats
@@ -195,7 +196,17 @@ async def shard_phase(
         if schedulers is not None:
             schedulers.cpu_mark()
         rec.event(t0, "phase_start", arch)
+        window = None
+        if shards == 1:  # the steady state's CPU per heartbeat (sim/heartbeats.py)
+            window = CpuWindow(
+                redis_pid=server.pid if server is not None else None,
+                scheduler_pids=[p.pid for p in schedulers.procs.values()] if schedulers else (),
+                redis_url=target.checker_url,
+            )
+            monitors.append(asyncio.create_task(_open_window(window, dispatcher, rec, bridge)))
         await dispatcher.run()
+        if window is not None:
+            rec.counters.update(await window.stop(bridge.now(), dispatcher.heartbeats.sent))
         rec.event(bridge.now(), "plan_end", arch)
         # Socket timeouts bound every call; the extra second covers one reconnect.
         abandoned = await dispatcher.drain(harness.quiet_s + config.registry.redis.socket_timeout_s + 1.0)
@@ -240,6 +251,12 @@ async def shard_phase(
         if schedulers is not None:
             await schedulers.stop()
         gc.unfreeze()
+
+
+async def _open_window(window: CpuWindow, dispatcher: Dispatcher, rec: Recorder, bridge: Bridge) -> None:
+    """Start the CPU window when recording starts (the end of the warm-up)."""
+    await bridge.sleep_until(rec.record_from)
+    await window.start(bridge.now(), dispatcher.heartbeats.sent)
 
 
 def _ipc_recorder(rec: Recorder, bridge: Bridge) -> Callable[[float], None]:

@@ -174,9 +174,15 @@ class RedisStore:
 
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]:
         """Heartbeats due together, in one round trip: per pool, batches of up to
-        ``HEARTBEATS_PER_CALL`` beats per script call, pipelined. Results in ``beats``' order."""
+        ``HEARTBEATS_PER_CALL`` beats per script call (pipelined when more than one).
+        Results in ``beats``' order."""
         if not beats:
             return []
+        pool = beats[0].pool
+        if len(beats) <= HEARTBEATS_PER_CALL and all(b.pool == pool for b in beats):
+            # The common case (a node agent's tick): one call, no pipeline, no reordering.
+            reply = await self.scripts.call("heartbeat", *self.args.heartbeats(pool, beats))
+            return _heartbeat_results(beats, range(len(beats)), [reply])
         by_pool: dict[str, list[int]] = {}
         for i, beat in enumerate(beats):
             by_pool.setdefault(beat.pool, []).append(i)
@@ -186,15 +192,7 @@ class RedisStore:
                 part = indexes[start : start + HEARTBEATS_PER_CALL]
                 calls.append(self.args.heartbeats(pool, [beats[i] for i in part]))
                 order.extend(part)
-        replies = await self.scripts.call_many("heartbeat", calls)
-        results: list[HeartbeatResult] = [None] * len(beats)  # type: ignore[list-item]
-        # Two integers per beat (version, outcome); strict: a reply of the wrong length is a bug.
-        outcomes = (pair for reply in replies for pair in zip(reply[::2], reply[1::2], strict=True))
-        for i, (version, outcome) in zip(order, outcomes, strict=True):
-            results[i] = HeartbeatResult(
-                node_id=beats[i].node_id, version=version, changed=outcome != 0, recreated=outcome == 2
-            )
-        return results
+        return _heartbeat_results(beats, order, await self.scripts.call_many("heartbeat", calls))
 
     async def remove(self, pool: str, node_id: str) -> int:
         """Remove the node; returns the removal's version, 0 if it did not exist."""
@@ -330,3 +328,17 @@ class RedisStore:
 
     async def pools(self) -> set[str]:
         return set(await self._guarded("SMEMBERS pools", lambda: self.client.smembers(self.keys.pools())))
+
+
+def _heartbeat_results(
+    beats: Sequence[Heartbeat], order: Sequence[int], replies: Sequence[Sequence[int]]
+) -> list[HeartbeatResult]:
+    """Each beat's result from the script replies: two integers per beat (version, outcome), the
+    beats in ``order``. Strict: a reply of the wrong length is a bug, not a result."""
+    results: list[HeartbeatResult] = [None] * len(beats)  # type: ignore[list-item]
+    outcomes = (pair for reply in replies for pair in zip(reply[::2], reply[1::2], strict=True))
+    for i, (version, outcome) in zip(order, outcomes, strict=True):
+        results[i] = HeartbeatResult(
+            node_id=beats[i].node_id, version=version, changed=outcome != 0, recreated=outcome == 2
+        )
+    return results

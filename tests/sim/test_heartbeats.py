@@ -39,6 +39,7 @@ def _config(count: int = 200, **nodes: object):
 # ------------------------------------------------------------------ recording
 @pytest.mark.parametrize("n", [3, 500])
 def test_record_many_counts_exactly_what_record_value_counts(n: int) -> None:
+    # (Values as numpy floats and as Python floats alike.)
     rng = np.random.default_rng(n)
     # Every magnitude the histogram covers, its edges, and values it clamps (<1, > 1 h).
     values = np.concatenate(
