@@ -206,10 +206,13 @@ async def _one_mode(server: RedisServer, mode: str, plan: Plan) -> dict[str, Any
     }
 
 
-async def run(servers: Sequence[str], plan: Plan, modes: Sequence[str], out: Path | None) -> dict[str, Any]:
+async def run(
+    servers: Sequence[str], plan: Plan, modes: Sequence[str], out: Path | None, label: str = ""
+) -> dict[str, Any]:
     commit, dirty = git_state()
     result: dict[str, Any] = {
         "benchmark": "heartbeat",
+        "label": label,
         "utc": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
         "commit": commit,
         "dirty": dirty,
@@ -232,7 +235,7 @@ async def run(servers: Sequence[str], plan: Plan, modes: Sequence[str], out: Pat
     result["loadavg_end"] = load_average()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"heartbeat-{result['utc']}-{commit}.json"
+        path = out / f"heartbeat-{result['utc']}-{label or commit}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         result["path"] = str(path)
     return result
@@ -259,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--order", choices=("random", "sequential"), default=Plan.order)
     parser.add_argument("--quick", action="store_true", help="a smoke run, not a result")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--label", default="", help="names the code measured (e.g. before-4c50ad9)")
     parser.add_argument("--drain", nargs=2, metavar=("URL", "CHANNEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drain:
@@ -279,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for m in modes:
         if m not in MODES:
             parser.error(f"--modes: got {m!r}; allowed: {', '.join(MODES)}")
-    result = asyncio.run(run([s for s in args.server.split(",") if s], plan, modes, args.out))
+    result = asyncio.run(run([s for s in args.server.split(",") if s], plan, modes, args.out, args.label))
     print(f"load average {result['loadavg_start']} -> {result['loadavg_end']}; written: {result.get('path')}")
 
 
