@@ -61,6 +61,9 @@ class LogRead:
     malformed: tuple[MalformedRecord, ...] = ()
 
 
+#: Quiet results remembered at most (one per node; see ``RedisStore._results``).
+_QUIET_RESULTS_MAX = 1_000_000
+
 #: What ``job_finish`` answers: (released, node version, current_jobs); version 0 = unknown node.
 FinishReply = tuple[bool, int, int]
 
@@ -96,6 +99,8 @@ class RedisStore:
         self.connections = connections or ConnectionFactory(redis_config)
         self.client = client or self.connections.command_client()
         self.scripts = ScriptRunner(self.client, self.metrics)
+        #: The last quiet result per node, handed out again while it holds (see heartbeat_many).
+        self._quiet: dict[str, HeartbeatResult] = {}
 
     @staticmethod
     def make_client(cfg: RedisConfig, **overrides: Any) -> aioredis.Redis:
@@ -182,7 +187,7 @@ class RedisStore:
         if len(beats) <= HEARTBEATS_PER_CALL and all(b.pool == pool for b in beats):
             # The common case (a node agent's tick): one call, no pipeline, no reordering.
             reply = await self.scripts.call("heartbeat", *self.args.heartbeats(pool, beats))
-            return _heartbeat_results(beats, range(len(beats)), [reply])
+            return self._results(beats, range(len(beats)), [reply])
         by_pool: dict[str, list[int]] = {}
         for i, beat in enumerate(beats):
             by_pool.setdefault(beat.pool, []).append(i)
@@ -192,7 +197,35 @@ class RedisStore:
                 part = indexes[start : start + HEARTBEATS_PER_CALL]
                 calls.append(self.args.heartbeats(pool, [beats[i] for i in part]))
                 order.extend(part)
-        return _heartbeat_results(beats, order, await self.scripts.call_many("heartbeat", calls))
+        return self._results(beats, order, await self.scripts.call_many("heartbeat", calls))
+
+    def _results(
+        self, beats: Sequence[Heartbeat], order: Sequence[int], replies: Sequence[Sequence[int]]
+    ) -> list[HeartbeatResult]:
+        """Each beat's result from the script replies: two integers per beat (version, outcome),
+        the beats in ``order``. Strict: a reply of the wrong length is a bug, not a result.
+
+        A node's quiet beats answer the same value beat after beat (its version, nothing
+        changed), so the last one is kept per node and handed out again: results are
+        immutable, and building one costs more than the rest of a beat's client-side work.
+        """
+        results: list[HeartbeatResult] = [None] * len(beats)  # type: ignore[list-item]
+        quiet = self._quiet
+        if len(quiet) > _QUIET_RESULTS_MAX:
+            quiet.clear()  # bounded: nodes that left are forgotten in one sweep
+        outcomes = (pair for reply in replies for pair in zip(reply[::2], reply[1::2], strict=True))
+        for i, (version, outcome) in zip(order, outcomes, strict=True):
+            node_id = beats[i].node_id
+            if outcome == 0:
+                known = quiet.get(node_id)
+                if known is None or known.version != version:
+                    known = quiet[node_id] = HeartbeatResult(node_id=node_id, version=version, changed=False)
+                results[i] = known
+            else:
+                results[i] = HeartbeatResult(
+                    node_id=node_id, version=version, changed=True, recreated=outcome == 2
+                )
+        return results
 
     async def remove(self, pool: str, node_id: str) -> int:
         """Remove the node; returns the removal's version, 0 if it did not exist."""
@@ -328,17 +361,3 @@ class RedisStore:
 
     async def pools(self) -> set[str]:
         return set(await self._guarded("SMEMBERS pools", lambda: self.client.smembers(self.keys.pools())))
-
-
-def _heartbeat_results(
-    beats: Sequence[Heartbeat], order: Sequence[int], replies: Sequence[Sequence[int]]
-) -> list[HeartbeatResult]:
-    """Each beat's result from the script replies: two integers per beat (version, outcome), the
-    beats in ``order``. Strict: a reply of the wrong length is a bug, not a result."""
-    results: list[HeartbeatResult] = [None] * len(beats)  # type: ignore[list-item]
-    outcomes = (pair for reply in replies for pair in zip(reply[::2], reply[1::2], strict=True))
-    for i, (version, outcome) in zip(order, outcomes, strict=True):
-        results[i] = HeartbeatResult(
-            node_id=beats[i].node_id, version=version, changed=outcome != 0, recreated=outcome == 2
-        )
-    return results

@@ -587,6 +587,18 @@ async def test_a_digest_without_its_version_would_miss_a_leak(
     assert await raw.smembers(KeySpace(ns).jobs(POOL, "n1")) == {"a", "b", "c"}
 
 
+async def test_a_quiet_result_is_shared_while_it_holds(store: RedisStore) -> None:
+    await store.register(spec())
+    beat = Heartbeat(pool=POOL, node_id="n1")
+    first, second = await store.heartbeat(beat), await store.heartbeat(beat)
+    assert first is second and (first.version, first.changed) == (1, False)
+    admitted = await store.job_start(POOL, "n1", "j1")  # a new version: a new result
+    third = await store.heartbeat(beat)
+    assert third is not first and (third.version, third.changed) == (admitted.version, False)
+    loud = await store.heartbeat(Heartbeat(pool=POOL, node_id="n1", load=0.9))
+    assert loud.changed and loud.version == admitted.version + 1
+
+
 def test_the_job_digest_is_a_function_of_the_set() -> None:
     assert jobs_digest(["a", "b"]) == jobs_digest(["b", "a", "a"]) == jobs_digest(iter("ba"))
     assert jobs_digest([]) and jobs_digest([]) != jobs_digest([""])
