@@ -1,7 +1,11 @@
 """The scale curve: one experiment at growing node counts, to the point of failure, with its CPU bill.
 
 Run: ``python -m sim.scale_curve experiments/scale.toml --nodes 10000,20000,50000,100000,150000
-[--duration S] [--out results/] [--past-failure 1]``.
+[--duration S] [--out results/] [--past-failure 1] [--every-beat-publishes]``.
+
+``--every-beat-publishes`` runs the seed's design instead (every heartbeat a new version and
+an event to every scheduler instance: ``registry.nodes.publish_every_heartbeat``), the
+design the quiet heartbeat replaces, so its curve can be set beside this one.
 
 Each step is a whole run of the experiment with ``nodes.count`` replaced (its own server,
 written out as any run, under ``steps/``), and everything else as the file says: the same
@@ -55,6 +59,15 @@ COLUMNS = (
     "loadavg_start",
     "run",
 )
+
+
+def every_beat_publishes(config: ExperimentConfig) -> ExperimentConfig:
+    """The experiment in the seed's design: every heartbeat a version and an event (named ``<name>-seed``)."""
+    registry = config.registry
+    nodes = dataclasses.replace(registry.nodes, publish_every_heartbeat=True)
+    experiment = dataclasses.replace(config.experiment, name=f"{config.experiment.name}-seed")
+    registry = dataclasses.replace(registry, nodes=nodes)
+    return dataclasses.replace(config, experiment=experiment, registry=registry)
 
 
 def step_config(config: ExperimentConfig, nodes: int, duration_s: float | None) -> ExperimentConfig:
@@ -243,8 +256,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--past-failure", type=int, default=1, help="steps to run after the first failing one"
     )
+    parser.add_argument(
+        "--every-beat-publishes",
+        action="store_true",
+        help="the seed's design: every heartbeat a version and an event "
+        "(registry.nodes.publish_every_heartbeat)",
+    )
     args = parser.parse_args(argv)
     config = load_toml(args.experiment)
+    if args.every_beat_publishes:
+        config = every_beat_publishes(config)
     counts = [int(x) for x in args.nodes.split(",") if x]
     folder = asyncio.run(
         run_curve(config, counts, args.out, duration_s=args.duration, past_failure=args.past_failure)

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from sim.config import from_mapping
-from sim.scale_curve import COLUMNS, curve_md, saturation, step_config, step_row, write_curve
+from sim.scale_curve import (
+    COLUMNS,
+    curve_md,
+    every_beat_publishes,
+    saturation,
+    step_config,
+    step_row,
+    write_curve,
+)
 
 
 def _config():
@@ -55,6 +63,14 @@ def test_a_step_changes_the_node_count_and_nothing_else() -> None:
     assert step.nodes.crash_rate_per_hour == 0.5 and step.schedulers == config.schedulers
     short = step_config(config, 1_000, 20.0)
     assert (short.experiment.duration_s, short.experiment.warmup_s) == (20.0, 5.0)
+
+
+def test_the_seed_design_changes_only_publishing_and_the_name() -> None:
+    config = _config()
+    seed = every_beat_publishes(config)
+    assert seed.registry.nodes.publish_every_heartbeat and not config.registry.nodes.publish_every_heartbeat
+    assert seed.experiment.name == "scale-seed" and seed.nodes == config.nodes and seed.jobs == config.jobs
+    assert seed.registry.redis == config.registry.redis
 
 
 def test_a_row_reads_the_steady_state() -> None:
