@@ -73,7 +73,8 @@ class Planner:
         emit = self._out.append
         self.nodes: node_model.NodeLives | None = None
         if nodes:
-            self.nodes = node_model.NodeLives(self.cluster, random.Random(f"{seed}-nodes-{shard}"))
+            # Not per shard: a node's life depends on the seed and its index alone.
+            self.nodes = node_model.NodeLives(self.cluster, f"{seed}-nodes")
         if jobs:
             job_model.start(self.env, emit, self.cluster, random.Random(f"{seed}-jobs-{shard}"))
         # Faults act on the one shared server: one process owns them (shard 0, or the parent).

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ from lockless import Heartbeat, HeartbeatResult, KeySpace, NodeLifecycleConfig, 
 from sim.bridge import Bridge
 from sim.config import from_mapping
 from sim.heartbeats import HeartbeatDriver
-from sim.model.nodes import BUCKET_S, NodeLives
+from sim.model.nodes import NodeLives, uniform, uniform1
 from sim.model.ops import Cluster, Kind, Op
 from sim.model.plan import Beats, Planner
 from sim.recorder import Recorder, record_many
@@ -89,22 +88,41 @@ def _beats_and_life(lives: NodeLives, until: float, step: float) -> tuple[list[t
 def test_node_lives_do_not_depend_on_how_the_run_is_cut() -> None:
     cfg = _config(crash_rate_per_hour=720.0, leave_rate_per_hour=720.0, rejoin_after_s=0.3)
     cluster = Cluster(cfg)
-    runs = [
-        _beats_and_life(NodeLives(cluster, random.Random(1)), 20.0, step)
-        for step in (20.0, 1.0, BUCKET_S, 0.0037)
-    ]
+    # One window for the whole run (nodes beat several times in it), windows of the
+    # dispatcher's size, and odd ones.
+    runs = [_beats_and_life(NodeLives(cluster, "s1"), 20.0, step) for step in (20.0, 1.0, 0.02, 0.0037)]
     assert all(run == runs[0] for run in runs)
     beats, life = runs[0]
     assert {op.kind for op in life} == {Kind.CRASH, Kind.LEAVE, Kind.REGISTER}
     assert [b[0] for b in beats] == sorted(b[0] for b in beats)  # time order
     assert all(a.t <= b.t for a, b in itertools.pairwise(life))
-    other = _beats_and_life(NodeLives(cluster, random.Random(2)), 20.0, 1.0)
-    assert other != runs[0]
+    assert _beats_and_life(NodeLives(cluster, "s2"), 20.0, 1.0) != runs[0]
+
+
+def test_a_nodes_life_does_not_depend_on_the_shards() -> None:
+    cfg = _config(count=60, crash_rate_per_hour=720.0, leave_rate_per_hour=720.0, rejoin_after_s=0.3)
+    whole_beats, whole_life = _beats_and_life(NodeLives(Cluster(cfg), "s"), 10.0, 0.5)
+    shard_beats, shard_life = [], []
+    for shard in range(2):
+        beats, life = _beats_and_life(NodeLives(Cluster(cfg, shard=shard, shards=2), "s"), 10.0, 0.5)
+        shard_beats += beats
+        shard_life += [(op.t, op.kind, op.idx) for op in life]
+    assert sorted(shard_beats) == sorted(whole_beats)
+    assert sorted(shard_life) == sorted((op.t, op.kind, op.idx) for op in whole_life)
+
+
+def test_one_draw_and_many_draws_agree() -> None:
+    nodes, counts = np.arange(0, 5000, 7), np.arange(0, 5000, 7) // 3
+    many = uniform(12345, 4, nodes, counts)
+    assert [uniform1(12345, 4, int(n), int(c)) for n, c in zip(nodes, counts, strict=True)] == many.tolist()
+    assert many.min() >= 0.0 and many.max() < 1.0 and abs(many.mean() - 0.5) < 0.02
+    # Streams and counters are independent: different inputs, different draws.
+    assert len({uniform1(1, s, 1, c) for s in range(8) for c in range(50)}) == 400
 
 
 def test_node_lives_keep_the_heartbeat_rhythm() -> None:
     cfg = _config(count=300, load_change_probability=0.25)
-    beats, life = _beats_and_life(NodeLives(Cluster(cfg), random.Random(5)), 10.0, 0.05)
+    beats, life = _beats_and_life(NodeLives(Cluster(cfg), "s5"), 10.0, 0.05)
     assert life == []  # no churn configured
     by_node: dict[int, list[float]] = {}
     for t, idx, _load in beats:
