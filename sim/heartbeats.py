@@ -169,6 +169,17 @@ class HeartbeatDriver:
         self.rec.batch("heartbeat", intended, sent, bridge.now(), error)
 
 
+async def refresh_liveness(store: HeartbeatSink, cluster: Cluster, batch: int = 1000) -> None:
+    """One quiet heartbeat from every node of ``cluster`` (a node Redis lost is re-created from its spec)."""
+    specs = list(cluster.specs.values())
+    for i in range(0, len(specs), batch):
+        part = specs[i : i + batch]
+        results = await store.heartbeat_many([Heartbeat(pool=s.pool, node_id=s.node_id) for s in part])
+        lost = [spec for spec, r in zip(part, results, strict=True) if r.version == 0]
+        if lost:
+            await store.heartbeat_many([Heartbeat(pool=s.pool, node_id=s.node_id, spec=s) for s in lost])
+
+
 def _cpu_s(pid: int | None) -> float:
     if pid is None:
         return 0.0

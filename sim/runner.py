@@ -48,7 +48,7 @@ from sim.bridge import Bridge
 from sim.checks import ModeWatch, capacity_sweep, capacity_watch, converge, loop_watch
 from sim.config import ExperimentConfig, from_mapping
 from sim.dispatcher import Dispatcher
-from sim.heartbeats import CpuWindow
+from sim.heartbeats import CpuWindow, refresh_liveness
 from sim.injector import FaultInjector
 from sim.model.plan import Cluster, Planner
 from sim.probe import phase_commands, run_probe, server_stats
@@ -153,6 +153,9 @@ async def shard_phase(
         await asyncio.gather(*(r.start() for r in registries.values()))
         if agents is not None:
             await agents.load_scripts()
+        # The nodes heartbeat while the schedulers start (at 100,000 nodes that takes longer
+        # than dead_after): without this the reapers would start by reaping the cluster.
+        await refresh_liveness(checker, planner.cluster)
         # Everything built so far lives for the whole phase: move it out of the collector's
         # reach, so a full collection does not walk 100,000 nodes' worth of objects mid-run.
         gc.collect()
