@@ -154,10 +154,11 @@ return seq
 # ARGV[6] re-arm a quiet beat's TTL when armed longer ago than this (ms)  ARGV[7] load tolerance
 # ARGV[8] '1' = every heartbeat publishes (seed behaviour)
 # ARGV[9] node hash prefix  ARGV[10] job set prefix (both carry the pool's hash tag)
-# ARGV[11..] the beats, one after another, each:
-#   node id, load, digest of the reported job set ('' = no job report: the set is left alone),
+# ARGV[11..] the beats, one after another, each: node id, load, x, then x more arguments:
+#   none (x = 0: no job report, no spec: the common beat, three arguments), or
+#   digest of the reported job set ('' = no job report: the set is left alone),
 #   '1' + status, max_jobs, resources JSON, labels JSON (re-create if unknown) | '0',
-#   n, then n job ids (the reported set, which replaces the node's job set)
+#   then the reported job ids, which replace the node's job set
 # A quiet beat (known node, load within tolerance, the job set its digest stamp vouches
 # for) refreshes liveness only: its HMGET, its share of the batch's one TIME and one ZADD,
 # and the TTL when due (module docstring). Any other beat takes the full path, alone.
@@ -226,34 +227,34 @@ local function full(id, nk, h, load, digest, spec, first, last)
   return seq, 1
 end
 
-local out, live = {}, {}
+local out, live, n_out, n_live = {}, {}, 0, 0
 local i = 11
 while i <= #ARGV do
-  local id, load, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local spec, n = nil, i + 4
-  if ARGV[i + 3] == '1' then spec, n = i + 4, i + 8 end
-  local first, last = n + 1, n + tonumber(ARGV[n])
+  local id, load, x = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local digest, spec, first, last = '', nil, 0, -1
+  if x > 0 then
+    digest, first, last = ARGV[i + 3], i + 5, i + 2 + x
+    if ARGV[i + 4] == '1' then spec, first = i + 5, i + 9 end
+  end
   local nk = node_prefix .. id
   local h = redis.call('HMGET', nk, 'version', 'load', '_ttl_at', '_jobs')
-  if h[1] and not every and math.abs((tonumber(h[2]) or 0) - tonumber(load)) <= tolerance
+  -- (The same load text needs no arithmetic: the common case.)
+  if h[1] and not every and (h[2] == load or math.abs((tonumber(h[2]) or 0) - tonumber(load)) <= tolerance)
      and (digest == '' or h[4] == h[1] .. ':' .. digest) then
-    live[#live + 1] = ts
-    live[#live + 1] = id
+    live[n_live + 1], live[n_live + 2], n_live = ts, id, n_live + 2
     local armed = tonumber(h[3]) or 0
     if ts - armed > rearm or ts < armed then
       touch(nk, jobs_prefix .. id)
       redis.call('HSET', nk, '_ttl_at', ts)
     end
-    out[#out + 1] = tonumber(h[1])
-    out[#out + 1] = 0
+    out[n_out + 1], out[n_out + 2] = tonumber(h[1]), 0
   else
-    local version, outcome = full(id, nk, h, load, digest, spec, first, last)
-    out[#out + 1] = version
-    out[#out + 1] = outcome
+    out[n_out + 1], out[n_out + 2] = full(id, nk, h, load, digest, spec, first, last)
   end
-  i = last + 1
+  n_out = n_out + 2
+  i = i + 3 + x
 end
-if #live > 0 then redis.call('ZADD', P.alive, unpack(live)) end
+if n_live > 0 then redis.call('ZADD', P.alive, unpack(live)) end
 return out
 """
 )
@@ -437,19 +438,19 @@ class ScriptArgs:
         add = argv.extend
         for beat in beats:
             jobs = beat.running_jobs
-            if jobs is None and beat.spec is None:  # the common case, kept short
-                add((beat.node_id, repr(float(beat.load)), "", "0", "0"))
+            if jobs is None and beat.spec is None:  # the common beat: three arguments
+                add((beat.node_id, repr(float(beat.load)), "0"))
                 continue
-            add((beat.node_id, repr(float(beat.load)), "" if jobs is None else jobs_digest(jobs)))
+            extra = ["" if jobs is None else jobs_digest(jobs)]
             if beat.spec is None:
-                argv.append("0")
+                extra.append("0")
             else:
                 f = beat.spec.to_hash_fields()
-                add(("1", f["status"], f["max_jobs"], f["resources"], f["labels"]))
-            # A set: duplicates would make the script's size comparison see a change every time.
-            ids = sorted(set(jobs)) if jobs else []
-            argv.append(str(len(ids)))
-            add(ids)
+                extra += ["1", f["status"], f["max_jobs"], f["resources"], f["labels"]]
+            if jobs:
+                # A set: duplicates would make the script's size comparison see a change every time.
+                extra += sorted(set(jobs))
+            add((beat.node_id, repr(float(beat.load)), str(len(extra)), *extra))
         return self.keys.reap_keys(pool), argv
 
     def remove(self, pool: str, node_id: str) -> tuple[list[str], list[Any]]:
