@@ -20,6 +20,7 @@ the whole batch's three times at once (:meth:`~sim.recorder.Recorder.batch`).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import dataclasses
 import math
@@ -29,7 +30,7 @@ from typing import Protocol
 import psutil
 from redis.exceptions import RedisError
 
-from lockless import Heartbeat, HeartbeatResult
+from lockless import Heartbeat, HeartbeatResult, LocklessError
 from sim.bridge import Bridge
 from sim.model.plan import Beats, Cluster
 from sim.probe import ADMIN_COMMANDS, admin_client
@@ -178,6 +179,28 @@ async def refresh_liveness(store: HeartbeatSink, cluster: Cluster, batch: int = 
         lost = [spec for spec, r in zip(part, results, strict=True) if r.version == 0]
         if lost:
             await store.heartbeat_many([Heartbeat(pool=s.pool, node_id=s.node_id, spec=s) for s in lost])
+
+
+async def keep_alive(store: HeartbeatSink, cluster: Cluster, nodes: Sequence[int], batch: int = 1000) -> None:
+    """Forever (until cancelled): every node of ``nodes`` heartbeats about twice per interval.
+
+    After the plan the nodes do not stop living: the checks that follow it (drain, quiet
+    period, convergence) take longer than ``dead_after`` at 100,000 nodes, and a cluster
+    that fell silent would be reaped under them, one event per node. Quiet beats change
+    nothing a check compares. Nodes Redis no longer knows stay unknown (no spec is sent).
+    """
+    interval = cluster.config.nodes.heartbeat_interval_s
+    loop = asyncio.get_running_loop()
+    specs = [cluster.spec(idx) for idx in nodes]
+    beats = [Heartbeat(pool=s.pool, node_id=s.node_id) for s in specs]
+    while True:
+        started = loop.time()
+        try:
+            for i in range(0, len(beats), batch):
+                await store.heartbeat_many(beats[i : i + batch])
+        except LocklessError:
+            pass  # Redis out of reach (a fault experiment ending in an outage): try again next time
+        await asyncio.sleep(max(0.0, interval / 2 - (loop.time() - started)))
 
 
 def _cpu_s(pid: int | None) -> float:

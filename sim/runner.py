@@ -48,7 +48,7 @@ from sim.bridge import Bridge
 from sim.checks import ModeWatch, capacity_sweep, capacity_watch, converge, loop_watch
 from sim.config import ExperimentConfig, from_mapping
 from sim.dispatcher import Dispatcher
-from sim.heartbeats import CpuWindow, refresh_liveness
+from sim.heartbeats import CpuWindow, keep_alive, refresh_liveness
 from sim.injector import FaultInjector
 from sim.model.plan import Cluster, Planner
 from sim.probe import phase_commands, run_probe, server_stats
@@ -211,6 +211,8 @@ async def shard_phase(
         if window is not None:
             rec.counters.update(await window.stop(bridge.now(), dispatcher.heartbeats.sent))
         rec.event(bridge.now(), "plan_end", arch)
+        if planner.nodes is not None:  # the nodes live on through the checks (sim/heartbeats.py)
+            monitors.append(asyncio.create_task(keep_alive(checker, planner.cluster, planner.nodes.up())))
         # Socket timeouts bound every call; the extra second covers one reconnect.
         abandoned = await dispatcher.drain(harness.quiet_s + config.registry.redis.socket_timeout_s + 1.0)
         rec.count("abandoned", abandoned)

@@ -112,6 +112,10 @@ class NodeLives:
     def _gap(self, stream: int, node: np.ndarray, count: np.ndarray) -> np.ndarray:
         return self._interval * (1.0 + self._jitter * (2.0 * uniform(self._key, stream, node, count) - 1.0))
 
+    def up(self) -> list[int]:
+        """The nodes that are not down (crashed or left, not yet rejoined) now."""
+        return self.nodes[self._what != _REJOIN].tolist()
+
     @property
     def next_time(self) -> float:
         """When the next instant falls (inf if none)."""

@@ -17,12 +17,13 @@ import pytest
 from lockless import Heartbeat, HeartbeatResult, KeySpace, NodeLifecycleConfig, RedisConfig, RedisStore
 from sim.bridge import Bridge
 from sim.config import from_mapping
-from sim.heartbeats import HeartbeatDriver
+from sim.heartbeats import HeartbeatDriver, keep_alive
 from sim.model.nodes import NodeLives, uniform, uniform1
 from sim.model.ops import Cluster, Kind, Op
 from sim.model.plan import Beats, Planner
 from sim.recorder import Recorder, record_many
 from sim.runner import bootstrap
+from tests.support import eventually_async
 
 
 def _config(count: int = 200, **nodes: object):
@@ -222,4 +223,28 @@ async def test_the_driver_sends_due_beats_through_the_production_call(redis_url:
         assert (await store.get_node(cluster.spec(3).pool, cluster.spec(3).node_id)).load == 0.75
         assert driver.pending == 0 and rec.latency["heartbeat"].get_total_count() == 42
     finally:
+        await store.close()
+
+
+async def test_after_the_plan_the_nodes_that_are_up_keep_beating(redis_url: str, ns: str) -> None:
+    cfg = _config(count=6)
+    cluster = Cluster(cfg)
+    store = RedisStore(RedisConfig(url=redis_url, namespace=ns), NodeLifecycleConfig())
+    await bootstrap(store, cluster)
+    keys, pool = KeySpace(ns), cluster.spec(0).pool
+    await store.client.zadd(keys.alive(pool), {cluster.spec(i).node_id: 1 for i in range(6)})
+    task = asyncio.ensure_future(keep_alive(store, cluster, [0, 1, 2, 4]))  # 3 and 5 are down
+    try:
+
+        async def refreshed() -> bool:
+            ids = [cluster.spec(i).node_id for i in (0, 1, 2, 4)]
+            scores = await store.client.zmscore(keys.alive(pool), ids)
+            return all(score and score > 1 for score in scores)
+
+        await eventually_async(refreshed, 5.0, "the up nodes' heartbeats")
+        for down in (3, 5):
+            assert await store.client.zscore(keys.alive(pool), cluster.spec(down).node_id) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await store.close()
