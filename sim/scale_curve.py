@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,13 +130,66 @@ def saturation(row: dict[str, Any], schedulers: int) -> tuple[str, float]:
     return name, round(loads[name], 2)
 
 
+#: The share of a core a projection plans to use (headroom for bursts, failover, GC pauses).
+PLANNED_UTILIZATION = 0.7
+
+
+def projection(
+    row: dict[str, Any],
+    interval_s: float,
+    *,
+    nodes: int = 1_000_000,
+    utilization: float = PLANNED_UTILIZATION,
+) -> dict[str, float]:
+    """What ``nodes`` nodes would need, from one measured step's steady-state costs (on paper).
+
+    Linear in the heartbeat rate: Redis CPU per heartbeat (every command of the step,
+    scripts of the jobs included) sets the nodes one Redis core carries, hence the shards;
+    harness CPU per heartbeat sets the nodes one harness core drives; the schedulers' CPU
+    grows with the events, which grow with the nodes (load changes and churn per node),
+    so it is scaled by the node ratio. Cores are planned at ``utilization``.
+    """
+    beats = nodes / interval_s
+    redis_us, harness_us = float(row["redis_us_per_heartbeat"]), float(row["harness_us_per_heartbeat"])
+    per_redis_core = utilization * 1e6 / redis_us * interval_s
+    per_harness_core = utilization * 1e6 / harness_us * interval_s
+    return {
+        "nodes": nodes,
+        "heartbeats_per_s": round(beats),
+        "nodes_per_redis_core": round(per_redis_core),
+        "nodes_per_harness_core": round(per_harness_core),
+        "redis_shards": math.ceil(nodes / per_redis_core),
+        "harness_cores": math.ceil(nodes / per_harness_core),
+        "harness_machines_2_cores": math.ceil(math.ceil(nodes / per_harness_core) / 2),
+        "scheduler_cores": round(float(row["scheduler_cpu_pct"]) / 100 * nodes / row["nodes"], 1),
+    }
+
+
+def projection_md(row: dict[str, Any], interval_s: float) -> str:
+    p = projection(row, interval_s)
+    return (
+        f"\n## Projection to {p['nodes']:,} nodes (on paper, from the {row['nodes']:,}-node step)\n\n"
+        f"{p['heartbeats_per_s']:,} heartbeats/s. At {PLANNED_UTILIZATION:.0%} of a core: one Redis core "
+        f"carries {p['nodes_per_redis_core']:,} nodes ({row['redis_us_per_heartbeat']} us of Redis CPU "
+        f"per heartbeat), one harness core drives {p['nodes_per_harness_core']:,} "
+        f"({row['harness_us_per_heartbeat']} us per heartbeat). So: **{p['redis_shards']} Redis shards** "
+        f"(primaries; pools spread over them), **{p['harness_cores']} harness cores** "
+        f"({p['harness_machines_2_cores']} two-core machines), and about {p['scheduler_cores']} cores of "
+        "scheduler instances (their CPU follows events and placements, scaled here with the node count).\n"
+    )
+
+
 def write_curve(folder: Path, rows: Sequence[dict[str, Any]], config: ExperimentConfig) -> None:
     """steps.csv, curve.md and curve.png of the curve so far."""
     with (folder / "steps.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (folder / "curve.md").write_text(curve_md(rows, config))
+    text = curve_md(rows, config)
+    valid = [r for r in rows if r["valid"] and not r["violations"] and r["redis_us_per_heartbeat"] != ""]
+    if valid:
+        text += projection_md(max(valid, key=lambda r: r["nodes"]), config.nodes.heartbeat_interval_s)
+    (folder / "curve.md").write_text(text)
     _plot(folder / "curve.png", rows)
 
 

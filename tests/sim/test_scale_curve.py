@@ -12,6 +12,7 @@ from sim.scale_curve import (
     COLUMNS,
     curve_md,
     every_beat_publishes,
+    projection,
     saturation,
     step_config,
     step_row,
@@ -107,6 +108,19 @@ def test_the_curve_files_say_where_it_failed(tmp_path: Path) -> None:
     text = (tmp_path / "curve.md").read_text()
     assert "| 150,000 |" in text and "INVALID" in text
     assert "First failing step: 150,000 nodes; nearest its limit there: harness process (one core)" in text
+    assert "Projection to 1,000,000 nodes (on paper, from the 100,000-node step)" in text
     assert (tmp_path / "steps.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
     assert (tmp_path / "curve.png").stat().st_size > 0
     assert curve_md(rows[:2], _config()).count("First failing") == 0
+
+
+def test_the_projection_is_linear_in_the_heartbeat_rate() -> None:
+    row = step_row(_summary(100_000, valid=True, harness=60.0, redis=40.0, scheduler=20.0), "x")
+    p = projection(row, 5.0)  # 25 us harness, 15 us Redis per heartbeat; 70 % of a core planned
+    assert p["heartbeats_per_s"] == 200_000
+    assert p["nodes_per_redis_core"] == round(0.7 * 1e6 / 15 * 5) == 233_333
+    assert p["nodes_per_harness_core"] == 140_000
+    assert (p["redis_shards"], p["harness_cores"], p["harness_machines_2_cores"]) == (5, 8, 4)
+    assert p["scheduler_cores"] == 2.0  # 20 % at 100,000 nodes, ten times the nodes
+    twice = projection(row, 5.0, nodes=2_000_000)
+    assert (twice["redis_shards"], twice["harness_cores"]) == (9, 15)
