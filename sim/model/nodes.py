@@ -135,10 +135,13 @@ class NodeLives:
                 break
             is_beat = self._what[due] == _BEAT  # taken before either kind reschedules its nodes
             beating, living = due[is_beat], due[~is_beat]
+            soonest = math.inf
             if beating.size:
-                self._beat(beating, beat_t, beat_node, beat_load)
+                soonest = self._beat(beating, beat_t, beat_node, beat_load)
             for pos in living.tolist():
                 life.append(self._life_event(pos))
+            if not living.size and soonest >= until:
+                break  # the usual window: nothing it rescheduled falls inside it, no second scan
         if beat_t:
             t, node, load = np.concatenate(beat_t), np.concatenate(beat_node), np.concatenate(beat_load)
             order = np.lexsort((node, t))
@@ -154,8 +157,9 @@ class NodeLives:
         beat_t: list[np.ndarray],
         beat_node: list[np.ndarray],
         beat_load: list[np.ndarray],
-    ) -> None:
-        """The due beats at positions ``pos``: record them and schedule each node's next instant."""
+    ) -> float:
+        """The due beats at positions ``pos``: record them and schedule each node's next instant
+        (the soonest of which is returned)."""
         t, node = self._at[pos], self.nodes[pos]
         count = self._beats[pos] + 1
         self._beats[pos] = count
@@ -169,8 +173,10 @@ class NodeLives:
         next_beat = t + self._gap(_GAP, node, count)
         fail_at = np.minimum(self._crash_at[pos], self._leave_at[pos])
         failing = fail_at < next_beat
-        self._at[pos] = np.where(failing, fail_at, next_beat)
+        at = np.where(failing, fail_at, next_beat)
+        self._at[pos] = at
         self._what[pos] = np.where(failing, _FAIL, _BEAT)
+        return float(at.min())
 
     def _life_event(self, pos: int) -> Op:
         """A failure or a rejoin of the node at ``pos`` (rare: one at a time)."""
