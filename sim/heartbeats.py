@@ -285,6 +285,10 @@ class CpuWindow:
             }
             out["steady_redis_evalsha_us_per_heartbeat"] = round(delta.get("evalsha", (0, 0))[1] / beats, 2)
             out["steady_redis_evalsha_per_heartbeat"] = round(delta.get("evalsha", (0, 0))[0] / beats, 4)
-            # Every command the server ran (a script's inner commands included), per heartbeat.
+            # Every command the server ran (a script's inner commands included), per heartbeat,
+            # and each command's calls per heartbeat where it is more than a rounding error.
             out["steady_redis_commands_per_heartbeat"] = round(sum(c for c, _ in delta.values()) / beats, 3)
+            for name, (calls, _) in delta.items():
+                if calls / beats >= 0.001:
+                    out[f"steady_redis_calls_per_heartbeat.{name}"] = round(calls / beats, 4)
         return out
