@@ -20,7 +20,7 @@ from lockless.errors import ConfigError
 
 
 def _check_text(command: object, *names: str) -> None:
-    """Each named field of ``command`` must be a non-empty string (ConfigError names the first that is not)."""
+    """Each named field of ``command`` must be a non-empty string (ConfigError names the first not)."""
     for name in names:
         value = getattr(command, name)
         if not isinstance(value, str) or not value:
