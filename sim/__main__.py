@@ -206,14 +206,19 @@ def _fmt(us: float) -> str:
 
 
 def _table(summaries: list[dict[str, Any]], names: list[str]) -> Table:
-    table = Table(title="latency from intended start, ms (ratio = arch / lockless of the same run)")
-    for col in ("run", "op", "arch", "count", "P50", "P99", "P50 x", "P99 x", "valid"):
+    from sim import stats
+
+    table = Table(
+        title="latency from intended start, ms; n = samples; 'max of n' where n cannot back the percentile; "
+        "ratio = arch / lockless of the same run [95% bootstrap interval]"
+    )
+    for col in ("run", "op", "arch", "n", "P50", "P95", "P99", "P50 x", "P99 x", "valid"):
         table.add_column(col, justify="right" if col not in ("run", "op", "arch", "valid") else "left")
     for summary, name in zip(summaries, names, strict=True):
         archs = summary["architectures"]
         ops = [
             op
-            for op in ("select", "place", "get", "heartbeat", "register", "remove", "job_start", "job_finish")
+            for op in ("place", "select", "get", "heartbeat", "register", "remove", "job_start", "job_finish")
             if any(op in a["ops"] for a in archs.values())
         ]
         for op in ops:
@@ -225,16 +230,17 @@ def _table(summaries: list[dict[str, Any]], names: list[str]) -> Table:
                 if not (a["valid"] and archs.get("lockless", {}).get("valid", False)):
                     r = {}  # a ratio with an invalid side is not a result
                 valid = "yes" if a["valid"] else "INVALID"
-                p50, p99 = (_fmt(s["p50_us"]), _fmt(s["p99_us"])) if a["valid"] else ("INVALID", "INVALID")
+                cells = (
+                    [stats.show(s, q, _fmt) for q in (50, 95, 99)] if a["valid"] else ["INVALID"] * 3
+                )
                 table.add_row(
                     f"{summary['experiment']}/{name}",
                     op,
                     arch,
                     f"{s['count']:,}",
-                    p50,
-                    p99,
-                    f"{r['p50']:g}" if r else "",
-                    f"{r['p99']:g}" if r else "",
+                    *cells,
+                    stats.show_ratio(r.get("p50")) if isinstance(r.get("p50"), dict) else "",
+                    stats.show_ratio(r.get("p99")) if isinstance(r.get("p99"), dict) else "",
                     valid,
                 )
         table.add_section()
