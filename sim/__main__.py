@@ -52,7 +52,10 @@ def run(experiment: Path, redis_url: str | None, out: Path, duration: float | No
     """Run EXPERIMENT (a TOML file) and write its results folder."""
     folder = _run_experiment(experiment, redis_url=redis_url, out=out, duration=duration, quiet=quiet)
     summary = json.loads((folder / "summary.json").read_text())
-    Console().print(_table([summary], [folder.name]))
+    if summary.get("kind", "comparison") == "comparison":
+        Console().print(_table([summary], [folder.name]))
+    else:
+        Console().print((folder / "report.md").read_text())
     click.echo(str(folder))
 
 
@@ -74,6 +77,8 @@ def _run_experiment(
             config = dataclasses.replace(config, experiment=section)
     except ConfigError as exc:
         raise click.ClickException(f"{experiment}: {exc}") from None
+    if config.experiment.kind != "comparison":
+        return _run_many(config, redis_url=redis_url, out=out, quiet=quiet)
     archs = config.experiment.architectures
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -97,6 +102,33 @@ def _run_experiment(
         except (ConfigError, LocklessError) as exc:
             raise click.ClickException(str(exc)) from None
     return write_run(outcome, out)
+
+
+def _run_many(config: Any, *, redis_url: str | None, out: Path, quiet: bool) -> Path:
+    """A sweep or contention experiment: many phases, one progress line per phase."""
+    from sim.sweep import plan, run_many
+    from sim.sweep_report import write_many
+
+    total = len(plan(config))
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} phases  {task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task(config.experiment.name, total=total, status="starting")
+
+        def progress(arch: str, label: str, done: int, planned: int, status: str) -> None:
+            bar.update(task, completed=done, status=f"{arch} {label}: {status}")
+
+        try:
+            outcome = asyncio.run(run_many(config, redis_url=redis_url, progress=progress))
+        except (ConfigError, LocklessError) as exc:
+            raise click.ClickException(str(exc)) from None
+        bar.update(task, completed=total)
+    return write_many(outcome, out)
 
 
 @cli.command()

@@ -102,9 +102,11 @@ def decision_md(summary: dict[str, Any]) -> list[str]:
         latency = (
             f"{stats.show(place, 50)} / {stats.show(place, 99)}" if place and place.get("count") else "-"
         )
-        if not m["valid"]:
-            latency = "INVALID"
         ratio = m["ratio_to_lockless"] or {}
+        if not m["valid"]:
+            latency, ratio = "INVALID", {}
+        elif not metrics.get("lockless", {}).get("valid", False):
+            ratio = {}  # a ratio with an invalid side is not a result
         util = f"{_f(m['utilization'])} ({_f(m['target_utilization'])})"
         lines.append(
             f"| {arch} | {_f(m['arrival_rate_per_s'])} | {m['placements']:,} | {latency} "
