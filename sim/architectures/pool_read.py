@@ -9,7 +9,11 @@ strongest honest read a scheduler without events can do:
   trip per batch, the event loop free between batches);
 * for a selection (``full=False``), a record is turned into a ``NodeSnapshot`` only if it
   can take a job: ``draining`` and full nodes are counted from their raw fields and
-  dropped, so their parse cost is never paid.
+  dropped, so their parse cost is never paid;
+* records are decoded by a lean constructor (numbers converted, the JSON of resources and
+  labels decoded once per distinct text, as the library's codec caches it), about three
+  times cheaper per record than the library's strict ``parse_node_hash``; a record it
+  cannot decode goes through ``parse_node_hash`` for the error naming the field.
 
 Times are split the way the question "where does a locked placement spend its time?"
 needs: ``redis_s`` is the awaited round trips (network, Redis, and hiredis turning the
@@ -20,9 +24,12 @@ Redis errors become :class:`~lockless.RedisUnavailable`, as the library's store 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from redis.exceptions import RedisError
 
@@ -38,6 +45,37 @@ from lockless import (
 
 #: The node hash fields a placement reads (``parse_node_hash`` needs every one of them).
 FIELDS = ("version", "status", "max_jobs", "current_jobs", "load", "resources", "labels", "heartbeat_ms")
+
+
+@functools.lru_cache(maxsize=4096)
+def _resources(text: str) -> Mapping[str, float]:
+    return MappingProxyType({str(k): float(v) for k, v in json.loads(text).items()})
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(text: str) -> frozenset[str]:
+    return frozenset(json.loads(text))
+
+
+def _snapshot(pool: str, node_id: str, v: Sequence[str]) -> NodeSnapshot:
+    """A snapshot from the :data:`FIELDS` values; anything odd goes to the strict codec (which names it)."""
+    if v[1] not in ("up", "draining"):
+        return parse_node_hash(pool, node_id, dict(zip(FIELDS, v, strict=True)))
+    try:
+        return NodeSnapshot(
+            node_id=node_id,
+            pool=pool,
+            version=int(v[0]),
+            status=v[1],
+            max_jobs=int(v[2]),
+            current_jobs=int(v[3]),
+            load=float(v[4]),
+            resources=_resources(v[5]),
+            labels=_labels(v[6]),
+            heartbeat_ms=int(v[7]),
+        )
+    except (TypeError, ValueError, AttributeError):
+        return parse_node_hash(pool, node_id, dict(zip(FIELDS, v, strict=True)))
 
 
 class _Tally(Mapping[str, NodeSnapshot]):
@@ -129,7 +167,7 @@ async def read_pool(store: RedisStore, pool: str, *, batch: int, full: bool) -> 
                     except (TypeError, ValueError):
                         pass  # the codec below rejects it, naming the field
                 try:
-                    built.append(parse_node_hash(pool, node_id, dict(zip(FIELDS, values, strict=True))))
+                    built.append(_snapshot(pool, node_id, values))
                 except MalformedRecord:
                     malformed += 1
             parse_s += perf() - t1
