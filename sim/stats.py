@@ -54,7 +54,7 @@ def key(q: float) -> str:
 
 def min_samples(q: float) -> int:
     """Samples needed to report the ``q`` percentile: 20 for P50, 1,000 for P99, 10,000 for P99.9."""
-    return math.ceil(MIN_TAIL / (1.0 - q / 100.0) - 1e-9)
+    return math.ceil(round(MIN_TAIL / (1.0 - q / 100.0), 6))
 
 
 def resolved(n: int, q: float) -> bool:

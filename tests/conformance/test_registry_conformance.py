@@ -26,9 +26,8 @@ OPTIONS = BaselineOptions(refresh_s=0.1)
 
 @pytest.fixture(params=ARCHITECTURES)
 async def registry(request: pytest.FixtureRequest, redis_url: str, ns: str) -> AsyncIterator[Registry]:
-    reg = build(
-        request.param, fast_config(redis_url, ns, pools=("p", "q")), instance=f"{request.param}-0", options=OPTIONS
-    )
+    config = fast_config(redis_url, ns, pools=("p", "q"))
+    reg = build(request.param, config, instance=f"{request.param}-0", options=OPTIONS)
     await reg.start()
     yield reg
     await reg.close()
