@@ -64,6 +64,7 @@ from lockless.registry import LocklessRegistry, RegistryState
 
 __all__ = [
     "PLACEMENT_CANDIDATES",
+    "SCRIPTS",
     "Admission",
     "CacheConfig",
     "Clock",
@@ -99,7 +100,6 @@ __all__ = [
     "RegistryConfig",
     "RegistryState",
     "Requirements",
-    "SCRIPTS",
     "Selection",
     "StaleRead",
     "SubscriberConfig",
