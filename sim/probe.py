@@ -22,10 +22,11 @@ registry of each architecture of the experiment on a fresh namespace and pool of
   every round, so drift from other processes falls on every lane alike. One sequential
   caller, per-call ``perf_counter_ns``, exact percentiles over every sample.
 
-The probe's registries never reap (``reap_interval_s = 0``) and their subscribers do not
-ping (an hour's interval): nothing runs in the background that could land a command in
-a counting window. Administrative commands (``info``, ``slowlog``, ``config``, ``client``,
-``hello``, ``flushall``, and the ``echo`` that ends a watched pass) are never counted.
+The probe's registries never reap (``reap_interval_s = 0``), their subscribers do not
+ping and the ttl-cache does not relist (an hour's interval each): nothing runs in the
+background that could land a command in a counting window. Administrative commands
+(``info``, ``slowlog``, ``config``, ``client``, ``hello``, ``flushall``, and the ``echo``
+that ends a watched pass) are never counted.
 """
 
 from __future__ import annotations
@@ -277,7 +278,8 @@ async def run_probe(
         for i in range(0, len(specs), 500):
             await writer.register_many(specs[i : i + 500])
         for arch in archs:
-            registries[arch] = build(arch, reg_cfg, instance=f"probe-{arch}", options=config.baselines)
+            quiet = dataclasses.replace(config.baselines, refresh_s=3600.0)  # no relist mid-count
+            registries[arch] = build(arch, reg_cfg, instance=f"probe-{arch}", options=quiet)
         await asyncio.gather(*(r.start() for r in registries.values()))
 
         lanes: list[_Lane] = [_Lane("redis", "ping", None, specs)]
