@@ -53,7 +53,7 @@ def run(experiment: Path, redis_url: str | None, out: Path, duration: float | No
     folder = _run_experiment(experiment, redis_url=redis_url, out=out, duration=duration, quiet=quiet)
     summary = json.loads((folder / "summary.json").read_text())
     if summary.get("kind", "comparison") == "comparison":
-        Console().print(_table([summary], [folder.name]))
+        Console(width=None if sys.stdout.isatty() else 200).print(_table([summary], [folder.name]))
     else:
         Console().print((folder / "report.md").read_text())
     click.echo(str(folder))
@@ -230,7 +230,8 @@ def compare(dirs: tuple[Path, ...]) -> None:
         if not path.exists():
             raise click.ClickException(f"{d}: no summary.json (is this a run folder?)")
         summaries.append(json.loads(path.read_text()))
-    Console().print(_table(summaries, [d.name for d in dirs]))
+    # Wide enough for every column when piped (rich assumes 80 columns then and would cut names).
+    Console(width=None if sys.stdout.isatty() else 200).print(_table(summaries, [d.name for d in dirs]))
 
 
 def _fmt(us: float) -> str:
@@ -241,8 +242,8 @@ def _table(summaries: list[dict[str, Any]], names: list[str]) -> Table:
     from sim import stats
 
     table = Table(
-        title="latency from intended start, ms; n = samples; 'max of n' where n cannot back the percentile; "
-        "ratio = arch / lockless of the same run [95% bootstrap interval]"
+        title="latency from intended start, ms ('max of n': too few samples for the percentile); "
+        "x = arch / lockless, same run [95% interval]"
     )
     for col in ("run", "op", "arch", "n", "P50", "P95", "P99", "P50 x", "P99 x", "valid"):
         table.add_column(col, justify="right" if col not in ("run", "op", "arch", "valid") else "left")
