@@ -14,7 +14,9 @@ What an engineer choosing a design reads, in one row per architecture:
   Redis CPU (process CPU %, and command microseconds per placement: every command of the
   phase, heartbeats and relists included, over its placements);
 * the age of the data each decision used (``staleness``: 0 for designs that read Redis);
-* the utilization the phase actually ran at (busy slots / slots), next to its target.
+* the utilization the phase actually ran at (busy slots / slots), next to its target;
+* where a baseline's time goes (``locked``: lock wait, Redis, parsing, selecting;
+  ``ttl-cache``: its background relists), from the histograms the architectures record.
 
 Everything is read from ``summary.json`` data, so it can be recomputed from a result folder.
 """
@@ -26,6 +28,14 @@ from typing import Any
 from sim import stats
 
 _PLACE_KEYS = ("count", "p50_us", "p95_us", "p99_us", "max_us", "undersampled")
+#: The breakdown distributions (sim.architectures.BREAKDOWN, merged by the runner), in table order.
+BREAKDOWN = {
+    "lock_wait": "lock wait",
+    "redis_read": "Redis (pool read round trips)",
+    "parse": "parsing",
+    "select_cpu": "selecting",
+    "relist": "background relist",
+}
 
 
 def _per(n: float, d: float) -> float | None:
@@ -65,6 +75,7 @@ def decision_metrics(summary: dict[str, Any]) -> dict[str, Any]:
             "utilization": round(dist["utilization"]["mean"] / 1000, 3) if "utilization" in dist else None,
             "target_utilization": workload.get("target_utilization"),
             "arrival_rate_per_s": workload.get("arrival_rate_per_s"),
+            "breakdown": {name: dist[name] for name in BREAKDOWN if name in dist},
         }
     return out
 
@@ -118,4 +129,25 @@ def decision_md(summary: dict[str, Any]) -> list[str]:
             f"| {_f(m['phase_redis_cpu_pct'])} | {_f(m['data_age_p50_ms'])} / {_f(m['data_age_p99_ms'])} "
             f"| {util} |"
         )
+    rows = [(arch, name, d) for arch, m in metrics.items() for name, d in m.get("breakdown", {}).items()]
+    if rows:
+        lines += [
+            "",
+            "### Where a baseline's time goes",
+            "",
+            "Per call, measured inside the scheduler (ms): the locked design's lock wait (every "
+            "guarded call), its pool read's Redis round trips and Python parsing, and selection; "
+            "ttl-cache's background relist of the pool.",
+            "",
+            "| arch | part | n | P50 | P95 | P99 | max |",
+            "|---|---|---|---|---|---|---|",
+        ]
+
+        def ms(us: float) -> str:
+            return f"{us / 1000:.3f}"
+
+        for arch, name, d in rows:
+            d = {**d, "undersampled": d.get("undersampled", stats.undersampled(d.get("count", 0)))}
+            cells = " | ".join(stats.show(d, q, ms) for q in (50, 95, 99))
+            lines.append(f"| {arch} | {BREAKDOWN[name]} | {d['count']:,} | {cells} | {ms(d['max_us'])} |")
     return lines
