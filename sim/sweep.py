@@ -59,6 +59,7 @@ class Step:
     utilization: float | None
     data_age_p50_ms: float | None
     achieved_per_s: float
+    violations: int = 0
     passed: bool | None = None
     why: str = ""
 
@@ -101,6 +102,7 @@ def _step(arch: str, label: str, params: dict[str, Any], rec: Recorder, config: 
         utilization=round(util.get_mean_value() / 1000, 4) if util.get_total_count() else None,
         data_age_p50_ms=round(age.get_value_at_percentile(50) / 1000, 3) if age.get_total_count() else None,
         achieved_per_s=round(place.get_total_count() / window, 3) if window > 0 else 0.0,
+        violations=len(rec.violations),
     )
 
 

@@ -99,10 +99,10 @@ def _architectures(steps: list[Step], kind: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     knee = knees(steps) if kind == "sweep" else {}
     for s in steps:
-        entry = out.setdefault(
-            s.arch, {"valid": True, "counters": {}, "steps": 0, "invalid_steps": 0, "ops": {}}
-        )
+        fresh = {"valid": True, "counters": {}, "steps": 0, "invalid_steps": 0, "violations": 0, "ops": {}}
+        entry = out.setdefault(s.arch, fresh)
         entry["steps"] += 1
+        entry["violations"] += s.violations
         if not s.valid:
             entry["invalid_steps"] += 1
             if kind == "contention":  # every contention phase is a result: one invalid taints the arch
