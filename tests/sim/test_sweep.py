@@ -191,3 +191,18 @@ def test_a_budget_never_judges_a_thin_percentile() -> None:
     assert resolve(summary, "a", "ops.place.p50_us")[0] == 10
     with pytest.raises(MetricMissing, match="P99 of 400 samples is the maximum of n"):
         resolve(summary, "a", "ops.place.p99_us")
+
+
+def test_a_sweep_summary_is_judged_without_the_probe_budgets() -> None:
+    from pathlib import Path as _Path
+
+    from sim.budgets import evaluate, load_budgets
+
+    budgets = load_budgets(_Path(__file__).parents[2] / "experiments" / "budgets.toml")
+    summary = {
+        "experiment": "knee",
+        "architectures": {"lockless": {"valid": True, "violations": 0, "counters": {}}},
+    }
+    rows = evaluate(summary, budgets)
+    assert rows and all(not r.budget.metric.startswith("probe.") for r in rows)
+    assert {r.status for r in rows if r.budget.name == "no consistency violation"} == {"ok"}
