@@ -13,8 +13,9 @@ one :class:`Step` per phase, its placement histogram (encoded) and its counters.
   at most ``max_failure_ratio`` of its arrivals failed or went unplaced. The first failing
   step ends the architecture's sweep after ``steps_past_knee`` more. The **knee** is the
   highest passing rate below the first failure. A step invalid because the *harness*
-  lagged ends the sweep as "harness-bound": beyond it the machine, not the architecture,
-  is measured.
+  lagged is neither passed nor failed (it measured the machine, not the architecture:
+  a short phase is sensitive to a burst of other work); two invalid steps in a row end the
+  sweep as "harness-bound", and the knee is then a lower bound.
 * **contention** (``[contention]``): per architecture, policy and instance count, the same
   total arrival rate dealt over the instances; conflicts per placement (admissions
   refused because another decision took the slot) against the number of deciders.
@@ -119,7 +120,7 @@ def judge(step: Step, config: ExperimentConfig) -> None:
     tail_name = "P99" if stats.resolved(n, 99) else f"max of {n:,}"
     bound_us = sweep.p99_bound_ms * 1000
     if not step.valid:
-        step.passed, step.why = False, f"harness-bound: {step.invalid_reason}"
+        step.passed, step.why = None, f"not judged (harness-bound): {step.invalid_reason}"
     elif not n:
         step.passed, step.why = False, "no placement completed"
     elif tail > bound_us:
@@ -140,16 +141,22 @@ def knees(steps: list[Step]) -> dict[str, dict[str, Any]]:
         for s in mine:
             if s.passed:
                 knee = s
-            else:
+            elif s.passed is False:
                 stop = s
                 break
+        harness_bound = False
+        if stop is None and mine and mine[-1].passed is None:
+            # Ended by invalid steps: the knee (if any) is a lower bound.
+            after = mine.index(knee) + 1 if knee else 0
+            stop = next(s for s in mine[after:] if s.passed is None)
+            harness_bound = True
         out[arch] = {
             "knee_rate_per_s": knee.params["rate_per_s"] if knee else None,
             "achieved_per_s": knee.achieved_per_s if knee else None,
             "place": knee.place if knee else None,
             "stopped_at_rate_per_s": stop.params["rate_per_s"] if stop else None,
             "stopped_because": stop.why if stop else "every rate passed: the knee is above the sweep",
-            "harness_bound": bool(stop and stop.why.startswith("harness-bound")),
+            "harness_bound": harness_bound,
             "below_first_rate": knee is None,
         }
     return out
@@ -215,8 +222,11 @@ async def run_many(
         outcome.machine["redis_version"] = server.version if server else await _server_version(url)
         outcome.machine["loadavg_start"] = _loadavg()
         failures: dict[str, int] = {}
+        invalid_run: dict[str, int] = {}
         for i, (arch, label, params, cfg) in enumerate(phases):
-            if config.experiment.kind == "sweep" and failures.get(arch, -1) >= config.sweep.steps_past_knee:
+            if config.experiment.kind == "sweep" and (
+                failures.get(arch, -1) >= config.sweep.steps_past_knee or invalid_run.get(arch, 0) >= 2
+            ):
                 continue  # this architecture's sweep is over
             if progress:
                 progress(arch, label, i, len(phases), "running")
@@ -224,10 +234,9 @@ async def run_many(
             step = _step(arch, label, params, rec, cfg, commands)
             if config.experiment.kind == "sweep":
                 judge(step, config)
-                if not step.passed:
+                invalid_run[arch] = invalid_run.get(arch, 0) + 1 if step.passed is None else 0
+                if step.passed is False:
                     failures[arch] = failures.get(arch, -1) + 1
-                    if step.why.startswith("harness-bound"):
-                        failures[arch] = config.sweep.steps_past_knee  # beyond here the machine is measured
             outcome.steps.append(step)
             if progress:
                 status = step.why or (

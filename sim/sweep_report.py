@@ -216,7 +216,8 @@ def report_md(summary: dict[str, Any]) -> str:
             "",
             f"A step passes when valid, its placement P99 is <= {sw['p99_bound_ms']:g} ms (the maximum "
             f"stands in below 1,000 placements) and <= {sw['max_failure_ratio']:.1%} of arrivals failed. "
-            "Knee: the highest passing rate before the first failure.",
+            "Knee: the highest passing rate before the first failure. A step INVALID on harness lag is "
+            "not judged; two in a row end the sweep and make the knee a lower bound (harness-bound).",
             "",
             "| arch | knee (offered /s) | achieved /s | n | P50 ms | P95 ms | P99 ms "
             "| stopped at /s | because |",
@@ -243,7 +244,8 @@ def report_md(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['arch']} | {r['rate_per_s']:g} | {r['achieved_per_s']} | {r['n']:,} | {cells} "
                 f"| {r['unplaced'] + r['errors']} | {r['utilization']} | {r['lag_p99_ms']} "
-                f"| {'yes' if r['valid'] else 'INVALID'} | {'pass' if r['passed'] else 'FAIL'}: {r['why']} |"
+                f"| {'yes' if r['valid'] else 'INVALID'} "
+                f"| {({True: 'pass', False: 'FAIL', None: 'not judged'})[r['passed']]}: {r['why']} |"
             )
         lines += ["", "Plot: knee.png (latency against achieved throughput, knees starred).", ""]
     else:

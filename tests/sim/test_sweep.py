@@ -104,16 +104,21 @@ def test_the_knee_is_the_last_pass_before_the_first_failure() -> None:
         _step("a", 4, n=8000, p99_us=30_000),  # P99 over the bound
         _step("b", 1, n=500, p99_us=3000),  # max of 500 (6 ms) stands in, passes
         _step("b", 2, n=1000, p99_us=3000, unplaced=50),  # 5% unplaced
-        _step("c", 1, n=2000, p99_us=1000, valid=False),  # the harness could not drive it
+        _step("c", 1, n=2000, p99_us=1000, valid=False),  # the harness could not drive it: not judged
+        _step("d", 1, n=2000, p99_us=1000),
+        _step("d", 2, n=2000, p99_us=1000, valid=False),  # skipped over
+        _step("d", 4, n=2000, p99_us=1000),
+        _step("d", 8, n=2000, p99_us=20_000),
     ]
     for s in steps:
         judge(s, config)
-    assert [s.passed for s in steps] == [True, True, False, True, False, False]
+    assert [s.passed for s in steps] == [True, True, False, True, False, None, True, None, True, False]
     assert "max of 500" in steps[3].why and "P99 30.0 ms" in steps[2].why
     k = knees(steps)
     assert k["a"]["knee_rate_per_s"] == 2 and k["a"]["stopped_at_rate_per_s"] == 4
     assert k["b"]["knee_rate_per_s"] == 1 and "failed or unplaced" in k["b"]["stopped_because"]
     assert k["c"]["below_first_rate"] and k["c"]["harness_bound"]
+    assert k["d"]["knee_rate_per_s"] == 4 and not k["d"]["harness_bound"]
 
 
 def _tiny(kind: str, extra: dict[str, Any]) -> dict[str, Any]:
