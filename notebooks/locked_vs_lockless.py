@@ -422,8 +422,10 @@ if name and "probe" in runs[name]["summary"]:
                     "op": op,
                     "commands/op": p["commands"].get("total"),
                     "client commands/op": p.get("client_commands", {}).get("total"),
+                    "n": p.get("count"),
                     "P50 us": p.get("p50_us"),
-                    "P90 us": p.get("p90_us"),
+                    "P95 us": p.get("p95_us"),
+                    "Redis CPU us/op": p.get("redis_usec"),
                     "P50 / PING P50": round(p["p50_us"] / probe["ping"]["p50_us"], 3)
                     if p.get("p50_us")
                     else None,

@@ -93,11 +93,12 @@ def summarize_samples(samples_us: np.ndarray) -> dict[str, Any]:
 def show(stats: dict[str, Any], q: float, fmt=lambda us: f"{us / 1000:.3f}") -> str:
     """A table cell: the percentile, or ``max of n: X`` when ``n`` cannot back it."""
     n = stats.get("count", 0)
-    if not n:
+    value = stats.get(f"{key(q)}_us")
+    if not n or value is None:  # nothing recorded, or a result written before this percentile was kept
         return "-"
     if key(q) in stats.get("undersampled", undersampled(n)):
         return f"max of {n:,}: {fmt(stats['max_us'])}"
-    return fmt(stats[f"{key(q)}_us"])
+    return fmt(value)
 
 
 # ------------------------------------------------------------------ intervals
