@@ -245,7 +245,7 @@ def report_md(summary: dict[str, Any]) -> str:
                 f"| {r['arch']} | {r['rate_per_s']:g} | {r['achieved_per_s']} | {r['n']:,} | {cells} "
                 f"| {r['unplaced'] + r['errors']} | {r['utilization']} | {r['lag_p99_ms']} "
                 f"| {'yes' if r['valid'] else 'INVALID'} "
-                f"| {({True: 'pass', False: 'FAIL', None: 'not judged'})[r['passed']]}: {r['why']} |"
+                f"| {({True: 'pass: ', False: 'FAIL: ', None: ''})[r['passed']]}{r['why']} |"
             )
         lines += ["", "Plot: knee.png (latency against achieved throughput, knees starred).", ""]
     else:
