@@ -2,7 +2,7 @@
 
 The machine (``machine.py``) draws these; the steps (``steps.py``) and the faults
 (``faults.py``) carry them out against the instances and the model. Everything here is
-data: no Redis, no event loop.
+data: no Redis, no event loop. ``TALLY`` lives here too, since every part counts into it.
 """
 
 from __future__ import annotations
