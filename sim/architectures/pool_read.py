@@ -44,7 +44,8 @@ from lockless import (
 )
 
 #: The node hash fields a placement reads (``parse_node_hash`` needs every one of them).
-FIELDS = ("version", "status", "max_jobs", "current_jobs", "load", "resources", "labels", "heartbeat_ms")
+#: Liveness is not among them: it is the node's score in ``alive``, which the ids come from.
+FIELDS = ("version", "status", "max_jobs", "current_jobs", "load", "resources", "labels")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -72,7 +73,6 @@ def _snapshot(pool: str, node_id: str, v: Sequence[str]) -> NodeSnapshot:
             load=float(v[4]),
             resources=_resources(v[5]),
             labels=_labels(v[6]),
-            heartbeat_ms=int(v[7]),
         )
     except (TypeError, ValueError, AttributeError):
         return parse_node_hash(pool, node_id, dict(zip(FIELDS, v, strict=True)))
