@@ -7,8 +7,8 @@ write returns what the script must return, and the model's records (including
 
 What the model deliberately leaves out:
 
-* timestamps (``heartbeat_ms``): they come from Redis ``TIME``; liveness is modelled as
-  a flag, ``lapsed``, set when the test writes a node's ``alive`` score into the past;
+* timestamps (the ``alive`` scores): they come from Redis ``TIME``; liveness is modelled
+  as a flag, ``lapsed``, set when the test writes a node's ``alive`` score into the past;
 * TTL expiry of node keys: the test's TTL is far longer than any run.
 """
 
@@ -64,7 +64,7 @@ class ModelNode:
 
 
 def snapshot_record(node: NodeSnapshot) -> Record:
-    """The comparable part of a snapshot (``heartbeat_ms`` moves without a version: left out)."""
+    """The comparable part of a snapshot: every field but its identity (node id, pool)."""
     return (
         node.version,
         node.status,
