@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lockless import ConfigError
+from sim import stats
 from sim.config import ExperimentConfig, load_toml
 
 #: Columns of steps.csv, in order.
@@ -74,6 +76,9 @@ def every_beat_publishes(config: ExperimentConfig) -> ExperimentConfig:
 def step_config(config: ExperimentConfig, nodes: int, duration_s: float | None) -> ExperimentConfig:
     """The experiment at ``nodes`` nodes (and, if given, ``duration_s``), everything else kept."""
     experiment = config.experiment
+    if experiment.kind != "comparison":
+        # A step is one run of the experiment's phases; a sweep or a contention grid is many.
+        raise ConfigError("experiment.kind", experiment.kind, "comparison (one run per node count)")
     if duration_s is not None:
         experiment = dataclasses.replace(
             experiment, duration_s=duration_s, warmup_s=min(experiment.warmup_s, duration_s / 4)
@@ -98,7 +103,8 @@ def step_row(summary: dict[str, Any], run: str) -> dict[str, Any]:
         "violations": a["violations"],
         "heartbeats_per_s": round(c["steady_heartbeats"] / c["steady_s"]) if c.get("steady_s") else 0,
         "placements": place.get("count", 0),
-        "place_p99_ms": round(place.get("p99_us", 0) / 1000, 2),
+        # A P99 needs ~1,000 samples (sim/stats.py): fewer, and the cell says "max of n".
+        "place_p99_ms": stats.show(place, 99, lambda us: f"{us / 1000:.2f}") if place else "",
         "harness_cpu_pct": parts[0],
         "scheduler_cpu_pct": parts[1],
         "redis_cpu_pct": parts[2],
@@ -317,7 +323,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(registry.nodes.publish_every_heartbeat)",
     )
     args = parser.parse_args(argv)
-    config = load_toml(args.experiment)
+    try:
+        config = load_toml(args.experiment)
+        step_config(config, 1, None)  # refuses what a curve cannot run, before any step
+    except ConfigError as exc:
+        parser.error(f"{args.experiment}: {exc}")
     if args.every_beat_publishes:
         config = every_beat_publishes(config)
     counts = [int(x) for x in args.nodes.split(",") if x]

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from lockless import ConfigError
 from sim.config import from_mapping
 from sim.scale_curve import (
     COLUMNS,
     curve_md,
     every_beat_publishes,
+    main,
     projection,
     saturation,
     step_config,
@@ -66,6 +68,29 @@ def test_a_step_changes_the_node_count_and_nothing_else() -> None:
     assert (short.experiment.duration_s, short.experiment.warmup_s) == (20.0, 5.0)
 
 
+def test_a_sweep_or_contention_experiment_is_refused_by_name() -> None:
+    sweep = from_mapping(
+        {
+            "experiment": {"name": "knee", "duration_s": 60.0, "kind": "sweep"},
+            "sweep": {"rates_per_s": [1.0, 2.0]},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"experiment\.kind.*sweep.*comparison"):
+        step_config(sweep, 10_000, None)
+
+
+def test_the_command_line_refuses_a_sweep_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = tmp_path / "knee.toml"
+    toml.write_text('[experiment]\nname = "knee"\nkind = "sweep"\n[sweep]\nrates_per_s = [1.0]\n')
+    with pytest.raises(SystemExit) as exc:
+        main([str(toml), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert "experiment.kind" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_seed_design_changes_only_publishing_and_the_name() -> None:
     config = _config()
     seed = every_beat_publishes(config)
@@ -77,9 +102,17 @@ def test_the_seed_design_changes_only_publishing_and_the_name() -> None:
 def test_a_row_reads_the_steady_state() -> None:
     row = step_row(_summary(100_000, valid=True, harness=60.0, redis=40.0, scheduler=20.0), "steps/x")
     assert row["heartbeats_per_s"] == 20_000 and row["lag_n"] == 123_456
-    assert (row["placements"], row["place_p99_ms"]) == (2_900, 15.5)
+    assert (row["placements"], row["place_p99_ms"]) == (2_900, "15.50")
     assert row["machine_cpu_pct"] == 60.0  # 120 % of one core on 2 cores
     assert set(COLUMNS) <= set(row)
+
+
+def test_a_thin_placement_p99_is_shown_as_the_maximum_of_n() -> None:
+    summary = _summary(10_000, valid=True, harness=10.0, redis=10.0, scheduler=5.0)
+    summary["architectures"]["lockless"]["ops"]["place"] = {"count": 900, "p99_us": 9_000, "max_us": 12_345}
+    assert step_row(summary, "x")["place_p99_ms"] == "max of 900: 12.35"
+    del summary["architectures"]["lockless"]["ops"]["place"]
+    assert (step_row(summary, "x")["placements"], step_row(summary, "x")["place_p99_ms"]) == (0, "")
 
 
 @pytest.mark.parametrize(
