@@ -21,6 +21,8 @@ POLICIES = ("power_of_two", "least_loaded")
 STALE_READ_POLICIES = ("serve", "refuse")
 #: Whether the server's certificate must verify (``ssl.CERT_REQUIRED`` / ``CERT_OPTIONAL`` / ``CERT_NONE``).
 TLS_VERIFY_MODES = ("required", "optional", "none")
+#: URL schemes of ``redis.url``; the ``+cluster`` ones select the cluster client.
+URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -36,7 +38,9 @@ class RedisConfig:
     """How to reach Redis (DESIGN.md section 9)."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS (ACL users work as in redis-py)."""
+    """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS (ACL users work as in redis-py).
+    A Redis Cluster: ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS), any
+    nodes of it as seeds; the slot map is read from them (``lockless.redis.cluster``)."""
     namespace: str = "lockless"
     """Prefix of every key, so tests and experiments sharing a server never collide."""
     socket_timeout_s: float = 0.5
@@ -52,6 +56,14 @@ class RedisConfig:
     script is idempotent, so one retry (which repairs a stale pooled socket after a restart) is safe."""
     log_max_len: int = 10_000
     """Approximate cap (``XADD MAXLEN ~``) of each pool's change log; gaps older than this need a relist."""
+    wait_replicas: int = 0
+    """After each write (a script call, or a pipelined batch of them), ``WAIT`` on the same connection
+    until this many replicas acknowledged it (0: off). Replication is asynchronous: a write the primary
+    acknowledged can be lost if it fails over; with this it is on a replica first. Writes whose WAIT
+    ends short of this count are still done (the primary ran them) and are counted in the
+    ``writes_unreplicated`` metric."""
+    wait_timeout_ms: int = 100
+    """How long ``WAIT`` may hold a write (``wait_replicas`` > 0), in ms; counted in its latency."""
     tls_ca_file: str | None = None
     """PEM bundle of the CA(s) that sign the server's certificate (a private CA); None: the system CAs.
     When None, the URL's ``ssl_ca_certs`` query parameter applies. TLS needs a ``rediss://`` URL."""
@@ -67,12 +79,16 @@ class RedisConfig:
     ``ssl_check_hostname``)."""
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("redis.url", self.url, "a redis://, rediss:// or unix:// URL")
+        if not self.url.startswith(URL_SCHEMES):
+            raise ConfigError(
+                "redis.url",
+                self.url,
+                "a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL",
+            )
         tls_fields = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tls_check_hostname")
         for name in tls_fields:
             value = getattr(self, name)
-            if value is not None and not self.url.startswith("rediss://"):
+            if value is not None and not self.url.startswith(("rediss://", "rediss+cluster://")):
                 allowed = f"unset, or a rediss:// URL (redis.url is {self.url!r})"
                 raise ConfigError(f"redis.{name}", value, allowed)
         if self.tls_verify is not None:
@@ -84,6 +100,13 @@ class RedisConfig:
         _count("redis.max_connections", self.max_connections)
         _count("redis.retries", self.retries, minimum=0)
         _count("redis.log_max_len", self.log_max_len, minimum=10)
+        _count("redis.wait_replicas", self.wait_replicas, minimum=0)
+        _count("redis.wait_timeout_ms", self.wait_timeout_ms, minimum=1)
+
+    @property
+    def cluster(self) -> bool:
+        """True for a ``redis+cluster://`` or ``rediss+cluster://`` URL: the cluster client is used."""
+        return self.url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

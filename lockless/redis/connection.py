@@ -22,7 +22,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -36,6 +36,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from lockless.config import TLS_VERIFY_MODES, RedisConfig
 from lockless.errors import ConfigError, RedisUnavailable, TlsError
 from lockless.redis.packing import with_c_packing
+
+if TYPE_CHECKING:
+    from lockless.redis.cluster import ClusterRouter
 
 _VERIFY = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -168,6 +171,13 @@ class ConnectionFactory:
 
     def __init__(self, config: RedisConfig) -> None:
         self.config = config
+        #: A ``+cluster`` URL's router (slot map, a client per primary): ``lockless.redis.cluster``.
+        self.cluster: ClusterRouter | None = None
+        if config.cluster:
+            from lockless.redis.cluster import ClusterRouter  # here: that module imports this one
+
+            self.cluster = ClusterRouter(self, config)
+            config = self.cluster.seed_config  # every node: the first seed's TLS, AUTH and timeouts
         self.endpoint = parse_endpoint(config)
         self.tls_context = self.endpoint.tls.context() if self.endpoint.tls else None
 
@@ -208,9 +218,12 @@ class ConnectionFactory:
         pool = aioredis.BlockingConnectionPool(connection_class=with_c_packing(connection_class), **kwargs)
         return aioredis.Redis(connection_pool=pool)
 
-    async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connected stream (TLS and AUTH done) for the subscriber's bare RESP session."""
-        ep, timeout = self.endpoint, self.config.connect_timeout_s
+    async def open_stream(
+        self, endpoint: Endpoint | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connected stream (TLS and AUTH done) for the subscriber's bare RESP session
+        (to ``endpoint``, a cluster node, if given)."""
+        ep, timeout = endpoint or self.endpoint, self.config.connect_timeout_s
         if ep.path is not None:
             opening = asyncio.open_unix_connection(ep.path)
         else:
@@ -228,29 +241,34 @@ class ConnectionFactory:
                 raise ConnectionError(f"AUTH refused: {reply}")
         return reader, writer
 
-    async def check(self) -> None:
-        """Open one stream and PING: a TLS, AUTH or connect problem becomes one clear error."""
+    async def check(self, endpoint: Endpoint | None = None) -> None:
+        """Open one stream and PING: a TLS, AUTH or connect problem becomes one clear error.
+
+        On a cluster (and no ``endpoint``): the seeds in turn, then the slot map is read."""
+        if self.cluster is not None and endpoint is None:
+            return await self.cluster.check()
+        ep = endpoint or self.endpoint
         try:
-            reader, writer = await self.open_stream()
+            reader, writer = await self.open_stream(ep)
             try:
                 reply = await _round_trip(reader, writer, [b"PING"], self.config.socket_timeout_s)
             finally:
                 writer.close()
         except ssl.SSLError as exc:
-            raise self._tls_failure(exc) from exc
+            raise self._tls_failure(exc, ep) from exc
         except (OSError, TimeoutError, ConnectionError) as exc:
-            where = self.endpoint.describe()
+            where = ep.describe()
             raise RedisUnavailable(f"cannot reach {where}: {type(exc).__name__}: {exc}") from exc
         if isinstance(reply, Exception):
-            raise RedisUnavailable(f"{self.endpoint.describe()} answered PING with an error: {reply}")
+            raise RedisUnavailable(f"{ep.describe()} answered PING with an error: {reply}")
 
-    def _tls_failure(self, exc: ssl.SSLError) -> TlsError:
-        tls, where = self.endpoint.tls, self.endpoint.describe()
+    def _tls_failure(self, exc: ssl.SSLError, ep: Endpoint) -> TlsError:
+        tls, where = ep.tls, ep.describe()
         assert tls is not None  # only a TLS connection raises ssl errors
         if isinstance(exc, ssl.SSLCertVerificationError):
             if exc.verify_code == _HOSTNAME_MISMATCH:
                 return TlsError(
-                    f"TLS to {where}: the server certificate is not issued for {self.endpoint.host!r} "
+                    f"TLS to {where}: the server certificate is not issued for {ep.host!r} "
                     f"(hostname mismatch: {exc.verify_message}); connect by a name the certificate "
                     "names, or set redis.tls_check_hostname = false (not recommended)"
                 )

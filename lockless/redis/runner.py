@@ -8,20 +8,36 @@ to repeat (DESIGN.md section 3), so re-sending a whole pipelined batch is harmle
 
 redis-py's ``Script`` objects are not used inside pipelines: such a pipeline runs
 ``SCRIPT EXISTS`` before every execution, a second round trip per batch.
+
+On a cluster (a :class:`~lockless.redis.cluster.ClusterRouter` given) a call goes to the
+primary owning its keys' slot, and a batch is split by slot, one pipeline per slot, sent
+at once. A node that answers NOSCRIPT (a replica just promoted: Valkey does not copy the
+script cache to replicas; a primary that received the slot by resharding) is given the
+script and the calls are sent once more, as on one server.
+
+``WAIT`` (``redis.wait_replicas`` > 0) is sent in the same pipeline after the calls, so on
+the connection that wrote: WAIT covers the writes of its own connection only. A batch
+whose WAIT ends short of the count is still done (the primary ran it); its writes are
+counted in the ``writes_unreplicated`` metric.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from lockless.metrics import Metrics
 from lockless.redis import scripts
 from lockless.redis.client import guarded
+
+if TYPE_CHECKING:
+    from lockless.redis.cluster import ClusterRouter
 
 #: One script call: its KEYS and its ARGV.
 Call = tuple[Sequence[str], Sequence[Any]]
@@ -36,15 +52,40 @@ class ScriptRunner:
     """EVALSHA of the library's scripts on one client, reloading on NOSCRIPT once."""
 
     def __init__(
-        self, client: aioredis.Redis, metrics: Metrics, bodies: dict[str, str] | None = None
+        self,
+        client: aioredis.Redis,
+        metrics: Metrics,
+        bodies: dict[str, str] | None = None,
+        *,
+        router: ClusterRouter | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._bodies = dict(scripts.ALL if bodies is None else bodies)
         self._shas = {name: sha1(body) for name, body in self._bodies.items()}
+        self._router = router
+        self._wait: tuple[str, int, int] | None = (
+            ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
+        )
+
+    def use(self, bodies: dict[str, str]) -> None:
+        """Call these bodies from now on (the same names; e.g. ``scripts.sharded`` on a cluster)."""
+        self._bodies = dict(bodies)
+        self._shas = {name: sha1(body) for name, body in self._bodies.items()}
 
     async def load_all(self) -> None:
-        """Load every script (idempotent; done lazily on NOSCRIPT as well)."""
+        """Load every script (idempotent; done lazily on NOSCRIPT as well); on a cluster, on every primary."""
+        if self._router is not None:
+            router = self._router
+
+            async def load_everywhere() -> None:
+                loads = [("SCRIPT", "LOAD", body) for body in self._bodies.values()]
+                await asyncio.gather(*(_pipeline_of(router.client(a), loads) for a in router.primaries()))
+
+            await guarded("SCRIPT LOAD", load_everywhere, self._metrics)
+            return
 
         async def load() -> None:
             pipe = self._client.pipeline(transaction=False)
@@ -56,6 +97,9 @@ class ScriptRunner:
 
     async def call(self, name: str, keys: Sequence[str], argv: Sequence[Any]) -> Any:
         """One script call, one round trip (two plus a load after NOSCRIPT)."""
+        if self._router is not None or self._wait is not None:
+            (reply,) = await self.call_many(name, [(keys, argv)])
+            return reply
         sha = self._shas[name]
 
         async def run() -> Any:
@@ -82,6 +126,13 @@ class ScriptRunner:
         reply is raised after the batch, unless it answers a command of ``after``.
         """
         sha = self._shas[name]
+        if self._router is not None:
+            if before is not None:
+                raise ValueError("before= is for one server; on a cluster other slots are sent apart")
+            return await guarded(
+                f"{name} x{len(calls)}", lambda: self._on_cluster(name, calls), self._metrics
+            )
+        wait = self._wait
 
         async def run() -> list[Any]:
             for attempt in (0, 1):
@@ -93,7 +144,11 @@ class ScriptRunner:
                 checked = len(pipe)  # replies that must not be errors: everything but `after`'s
                 if after is not None:
                     after(pipe)
+                if wait is not None:
+                    pipe.execute_command(*wait)
                 replies = await pipe.execute(raise_on_error=False)
+                if wait is not None:
+                    self._waited(replies.pop(), len(calls))
                 if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                     await self._client.script_load(self._bodies[name])
                     continue
@@ -104,3 +159,52 @@ class ScriptRunner:
             raise AssertionError("unreachable: the second attempt returns or raises")
 
         return await guarded(f"{name} x{len(calls)}", run, self._metrics)
+
+    # ---------------------------------------------------------------- cluster
+    async def _on_cluster(self, name: str, calls: Sequence[Call]) -> list[Any]:
+        """Calls split by slot, one pipeline per slot at once; replies in the calls' order."""
+        by_slot: dict[int, list[int]] = {}
+        for i, (keys, _argv) in enumerate(calls):
+            by_slot.setdefault(key_slot(str(keys[0]).encode()), []).append(i)
+        if len(by_slot) == 1:
+            ((slot, _),) = by_slot.items()
+            return await self._slot_batch(name, slot, calls)
+        replies: list[Any] = [None] * len(calls)
+        done = await asyncio.gather(
+            *(self._slot_batch(name, slot, [calls[i] for i in idx]) for slot, idx in by_slot.items())
+        )
+        for idx, got in zip(by_slot.values(), done, strict=True):
+            for i, reply in zip(idx, got, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _slot_batch(self, name: str, slot: int, calls: Sequence[Call]) -> list[Any]:
+        assert self._router is not None
+        sha = self._shas[name]
+        commands = [("EVALSHA", sha, len(keys), *keys, *argv) for keys, argv in calls]
+        for attempt in (0, 1):
+            replies = await self._router.execute(slot, commands, raise_on_error=False, trailer=self._wait)
+            if self._wait is not None:
+                self._waited(replies.pop(), len(calls))
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                # The slot's owner forgot (or never had) the script: give it, on that node.
+                await self._router.execute(slot, [("SCRIPT", "LOAD", self._bodies[name])])
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _waited(self, reply: Any, writes: int) -> None:
+        """Count the writes a WAIT did not see replicated (an error reply counts them all)."""
+        assert self._wait is not None
+        if not isinstance(reply, int) or reply < self._wait[1]:
+            self._metrics.inc("writes_unreplicated", writes)
+
+
+async def _pipeline_of(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return await pipe.execute()

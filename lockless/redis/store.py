@@ -12,12 +12,19 @@ The store is I/O only: it decides nothing about caching or modes. Its parts:
 * the reads: node records (``HGETALL``), pool positions (``seq``/``epoch``), relists and
   log reads, decoded by ``lockless.core.snapshot``.
 
+On a Redis Cluster (a ``redis+cluster://`` URL) the same commands go through the
+factory's :class:`~lockless.redis.cluster.ClusterRouter`: every call names one pool, so
+it is one pipeline to the primary owning that pool's slot, and a call that spans pools
+(``pool_states``, a batch of heartbeats) is one pipeline per pool, sent at once. Whether
+the scripts publish with PUBLISH or SPUBLISH is found at start (``load_scripts``).
+
 :meth:`RedisStore.send` runs one write command (``lockless.core.commands``): the write
 path and the journal replay both go through it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,14 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from lockless.config import NodeLifecycleConfig, RedisConfig
 from lockless.core.commands import Heartbeat, JobFinish, JobStart, Register, Remove, WriteCommand
 from lockless.core.snapshot import ChangeEvent, NodeSnapshot, NodeSpec, parse_event, parse_node_hash
-from lockless.errors import MalformedRecord
+from lockless.errors import MalformedRecord, RedisUnavailable
 from lockless.metrics import Metrics
 from lockless.protocol import Admission, HeartbeatResult
+from lockless.redis import scripts
 from lockless.redis.client import guarded
 from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
@@ -94,8 +103,18 @@ class RedisStore:
         )
         #: Where every connection of this store (and of a registry's subscriber) comes from.
         self.connections = connections or ConnectionFactory(redis_config)
+        #: The cluster's router (``redis+cluster://``), else None: one server, ``client`` below.
+        self.cluster = self.connections.cluster
+        #: The command client of the server (on a cluster: of the first seed, for keyless admin use).
         self.client = client or self.connections.command_client()
-        self.scripts = ScriptRunner(self.client, self.metrics)
+        self.scripts = ScriptRunner(
+            self.client,
+            self.metrics,
+            router=self.cluster,
+            wait_replicas=redis_config.wait_replicas,
+            wait_timeout_ms=redis_config.wait_timeout_ms,
+        )
+        self._slots: dict[str, int] = {}
 
     @staticmethod
     def make_client(cfg: RedisConfig, **overrides: Any) -> aioredis.Redis:
@@ -104,10 +123,32 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self.cluster is not None:
+            await self.cluster.aclose()
 
     async def load_scripts(self) -> None:
-        """Load every script (idempotent; done lazily on NOSCRIPT as well)."""
+        """Load every script (idempotent; done lazily on NOSCRIPT as well).
+
+        On a cluster: the slot map is read first if it was not yet, and with sharded pub/sub
+        (Valkey, Redis >= 7) the scripts publish with SPUBLISH (``scripts.sharded``)."""
+        if self.cluster is not None:
+            if self.cluster.generation == 0:
+                await self.connections.check()
+            if self.cluster.sharded_pubsub:
+                self.scripts.use(scripts.sharded(scripts.ALL))
         await self.scripts.load_all()
+
+    # -------------------------------------------------------------- cluster
+    def slot(self, pool: str) -> int:
+        """The cluster slot of every key of ``pool`` (they share its hash tag)."""
+        slot = self._slots.get(pool)
+        if slot is None:
+            slot = self._slots[pool] = key_slot(self.keys.seq(pool).encode())
+        return slot
+
+    async def _cluster_run(self, pool: str, commands: list[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
+        assert self.cluster is not None
+        return await self.cluster.execute(self.slot(pool), commands, **kwargs)
 
     async def _guarded(self, what: str, fn: Any) -> Any:
         return await guarded(what, fn, self.metrics)
@@ -158,11 +199,23 @@ class RedisStore:
         if not specs:
             return []
         pools = sorted({s.pool for s in specs})
+        calls = [self.args.register(spec) for spec in specs]
+        if self.cluster is not None:
+            # The pools set has a slot of its own: its SADD goes to its node beside the calls.
+            cluster, key = self.cluster, self.keys.pools()
+
+            async def add_pools() -> None:
+                await cluster.execute(key_slot(key.encode()), [("SADD", key, *pools)])
+
+            _, replies = await asyncio.gather(
+                self._guarded("SADD pools", add_pools), self.scripts.call_many("register", calls)
+            )
+            return [int(v) for v in replies]
         # The pools set lives outside the pools' slots, so no script touches it; queued
         # ahead of the calls it keeps the registration one round trip.
         replies = await self.scripts.call_many(
             "register",
-            [self.args.register(spec) for spec in specs],
+            calls,
             before=lambda pipe: pipe.sadd(self.keys.pools(), *pools),
         )
         return [int(v) for v in replies[1:]]
@@ -226,12 +279,16 @@ class RedisStore:
             return {}
 
         async def run() -> list:
-            pipe = self.client.pipeline(transaction=False)
-            for node_id in node_ids:
-                pipe.hgetall(self.keys.node(pool, node_id))
-            # One bad key (WRONGTYPE: clobbered by another program) must not fail the rest;
-            # any other error (BUSY, LOADING, ...) is the server's and fails the call.
-            replies = await pipe.execute(raise_on_error=False)
+            if self.cluster is not None:
+                commands = [("HGETALL", self.keys.node(pool, node_id)) for node_id in node_ids]
+                replies = await self._cluster_run(pool, commands, raise_on_error=False)
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for node_id in node_ids:
+                    pipe.hgetall(self.keys.node(pool, node_id))
+                # One bad key (WRONGTYPE: clobbered by another program) must not fail the rest;
+                # any other error (BUSY, LOADING, ...) is the server's and fails the call.
+                replies = await pipe.execute(raise_on_error=False)
             for reply in replies:
                 if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
                     raise reply
@@ -254,6 +311,10 @@ class RedisStore:
         """The pool's current ``seq`` (0 if none) and ``epoch`` (None if the pool has none)."""
 
         async def run() -> list:
+            if self.cluster is not None:
+                return await self._cluster_run(
+                    pool, [("GET", self.keys.seq(pool)), ("GET", self.keys.epoch(pool))]
+                )
             pipe = self.client.pipeline(transaction=False)
             pipe.get(self.keys.seq(pool))
             pipe.get(self.keys.epoch(pool))
@@ -264,6 +325,12 @@ class RedisStore:
 
     async def pool_states(self, pools: Sequence[str]) -> dict[str, tuple[int, str | None]]:
         """``pool_state`` of several pools in one round trip (the registry's liveness probe)."""
+        if self.cluster is not None:
+            states = await self.pool_states_each(pools)
+            for state in states.values():
+                if isinstance(state, RedisUnavailable):
+                    raise state
+            return states  # type: ignore[return-value]
 
         async def run() -> list:
             pipe = self.client.pipeline(transaction=False)
@@ -275,10 +342,34 @@ class RedisStore:
         flat = await self._guarded("GET seq/epoch", run)
         return {pool: (int(flat[2 * i] or 0), flat[2 * i + 1]) for i, pool in enumerate(pools)}
 
+    async def pool_states_each(
+        self, pools: Sequence[str]
+    ) -> dict[str, tuple[int, str | None] | RedisUnavailable]:
+        """``pool_state`` of several pools, each answered or failed on its own (on a cluster, pools
+        on a healthy shard answer while another shard is down); one server: all or none."""
+        if self.cluster is None:
+            try:
+                return dict(await self.pool_states(pools))
+            except RedisUnavailable as exc:
+                return dict.fromkeys(pools, exc)
+        results = await asyncio.gather(*(self.pool_state(p) for p in pools), return_exceptions=True)
+        out: dict[str, tuple[int, str | None] | RedisUnavailable] = {}
+        for pool, result in zip(pools, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, RedisUnavailable):
+                raise result
+            out[pool] = result
+        return out
+
     async def relist(self, pool: str, *, batch: int = 1000) -> PoolListing:
         """Read ``seq`` first, then every alive node (ZRANGE + pipelined HGETALL) (DESIGN.md section 5.3)."""
         seq, epoch = await self.pool_state(pool)
-        ids = await self._guarded("ZRANGE alive", lambda: self.client.zrange(self.keys.alive(pool), 0, -1))
+        if self.cluster is not None:
+            command = ("ZRANGE", self.keys.alive(pool), 0, -1)
+            (ids,) = await self._guarded("ZRANGE alive", lambda: self._cluster_run(pool, [command]))
+        else:
+            ids = await self._guarded(
+                "ZRANGE alive", lambda: self.client.zrange(self.keys.alive(pool), 0, -1)
+            )
         nodes: list[NodeSnapshot] = []
         malformed: list[MalformedRecord] = []
         for start in range(0, len(ids), batch):
@@ -291,9 +382,13 @@ class RedisStore:
 
     async def read_log(self, pool: str, from_seq: int, *, count: int = 1000) -> LogRead:
         """Entries with seq >= ``from_seq`` (up to ``count``); incomplete if ``from_seq`` was trimmed."""
-        entries = await self._guarded(
-            "XRANGE", lambda: self.client.xrange(self.keys.log(pool), min=f"{from_seq}-0", count=count)
-        )
+        if self.cluster is not None:
+            command = ("XRANGE", self.keys.log(pool), f"{from_seq}-0", "+", "COUNT", count)
+            (entries,) = await self._guarded("XRANGE", lambda: self._cluster_run(pool, [command]))
+        else:
+            entries = await self._guarded(
+                "XRANGE", lambda: self.client.xrange(self.keys.log(pool), min=f"{from_seq}-0", count=count)
+            )
         if not entries or entries[0][0] != f"{from_seq}-0":
             return LogRead(events=(), complete=False)
         events: list[ChangeEvent] = []
@@ -306,13 +401,22 @@ class RedisStore:
         return LogRead(events=tuple(events), complete=True, malformed=tuple(malformed))
 
     async def ping(self) -> float:
-        """Round trip of one PING, seconds."""
+        """Round trip of one PING, seconds (on a cluster: to the first seed)."""
         start = time.perf_counter()
         await self._guarded("PING", self.client.ping)
         return time.perf_counter() - start
 
     async def pools(self) -> set[str]:
-        return set(await self._guarded("SMEMBERS pools", lambda: self.client.smembers(self.keys.pools())))
+        key = self.keys.pools()
+        if self.cluster is not None:
+            cluster = self.cluster
+
+            async def members() -> list:
+                return await cluster.execute(key_slot(key.encode()), [("SMEMBERS", key)])
+
+            (found,) = await self._guarded("SMEMBERS pools", members)
+            return set(found)
+        return set(await self._guarded("SMEMBERS pools", lambda: self.client.smembers(key)))
 
 
 def _heartbeat_result(node_id: str, reply: Sequence[Any]) -> HeartbeatResult:
