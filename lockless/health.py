@@ -12,6 +12,7 @@ every reason an instance can change mode and which part reports it::
     subscriber (via sync)       SUBSCRIPTION_LOST      STREAM_LOST   NORMAL -> L2_ONLY
     sync                        GAP                    STREAM_LOST   NORMAL -> L2_ONLY
     sync                        NEW_EPOCH              STREAM_LOST   NORMAL -> L2_ONLY
+    sync                        DIVERGED               STREAM_LOST   NORMAL -> L2_ONLY
     sync (probe)                DATA_LOST              STREAM_LOST   NORMAL -> L2_ONLY
     sync                        REPAIR_INTERRUPTED     STREAM_LOST   (stays; the repair is retried)
     sync                        CAUGHT_UP              CAUGHT_UP     L2_ONLY -> NORMAL
@@ -62,6 +63,7 @@ class Fact(enum.Enum):
     SUBSCRIPTION_LOST = "subscription_lost"
     GAP = "gap"
     NEW_EPOCH = "new_epoch"
+    DIVERGED = "diverged"
     DATA_LOST = "data_lost"
     REPAIR_INTERRUPTED = "repair_interrupted"
     CAUGHT_UP = "caught_up"
@@ -84,6 +86,9 @@ FACTS: dict[Fact, Route] = {
     Fact.SUBSCRIPTION_LOST: Route(Signal.STREAM_LOST, "subscriber: error, dead link, silent re-subscribe"),
     Fact.GAP: Route(Signal.STREAM_LOST, "sync: an event's seq skipped some"),
     Fact.NEW_EPOCH: Route(Signal.STREAM_LOST, "sync: an event of another life of the pool's data"),
+    Fact.DIVERGED: Route(
+        Signal.STREAM_LOST, "sync: Redis holds another write at a seq L1 applied (writes lost in a failover)"
+    ),
     Fact.DATA_LOST: Route(Signal.STREAM_LOST, "sync probe: a pool's epoch changed or its seq went back"),
     Fact.REPAIR_INTERRUPTED: Route(Signal.STREAM_LOST, "sync: Redis failed during a catch-up or relist"),
     Fact.CAUGHT_UP: Route(Signal.CAUGHT_UP, "sync: every pool repaired and the subscription live"),

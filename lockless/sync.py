@@ -28,12 +28,21 @@ from lockless.clock import Clock
 from lockless.config import SubscriberConfig
 from lockless.core.l1 import L1Store
 from lockless.core.modes import Mode
-from lockless.core.sequencer import APPLY, IGNORE, NEW_EPOCH, RELIST, CatchUp, PoolSequencer, Verdict
+from lockless.core.sequencer import (
+    APPLY,
+    DIVERGED,
+    IGNORE,
+    NEW_EPOCH,
+    RELIST,
+    CatchUp,
+    PoolSequencer,
+    Verdict,
+)
 from lockless.core.snapshot import ChangeEvent, parse_event
 from lockless.errors import MalformedRecord, RedisUnavailable
 from lockless.health import Domain, Fact, HealthMonitor
 from lockless.metrics import Metrics
-from lockless.redis.store import RedisStore
+from lockless.redis.store import PoolPosition, RedisStore
 
 log = logging.getLogger("lockless.registry")
 
@@ -137,7 +146,7 @@ class PoolSync:
             return False  # the applier counts it and repairs
         if event.pool != pool or pool not in self._pools:
             return False
-        decision = self.sequencer.on_event(pool, event.seq, event.epoch)
+        decision = self.sequencer.on_event(pool, event.seq, event.epoch, event.ts_us)
         if decision is APPLY:
             self._apply(event, live=True)
             return True
@@ -206,15 +215,24 @@ class PoolSync:
         await self._judge(event)
 
     async def _judge(self, event: ChangeEvent) -> None:
-        decision = self.sequencer.on_event(event.pool, event.seq, event.epoch)
+        decision = self.sequencer.on_event(event.pool, event.seq, event.epoch, event.ts_us)
         if decision is APPLY:
             self._apply(event, live=True)
         elif decision is IGNORE:
             self._metrics.inc("events_ignored")
-        elif decision is NEW_EPOCH:
-            # Redis lost its data: seqs restarted, so the event cannot be placed by seq.
+        elif decision is NEW_EPOCH or decision is DIVERGED:
+            # Redis lost data: seqs restarted (new epoch), or writes L1 applied were lost and their
+            # seqs reused (a failover): the event cannot be placed by seq.
             pools = frozenset({event.pool})
-            self._health.report(Fact.NEW_EPOCH, f"pool {event.pool} epoch changed", pools)
+            if decision is NEW_EPOCH:
+                self._health.report(Fact.NEW_EPOCH, f"pool {event.pool} epoch changed", pools)
+            else:
+                self._metrics.inc("history_diverged")
+                self._health.report(
+                    Fact.DIVERGED,
+                    f"pool {event.pool}: seq {event.seq} is another write than L1 applied",
+                    pools,
+                )
             await self.relist(event.pool)
             if self._health.mode_of(event.pool) is Mode.L2_ONLY and not self._is_recovering(event.pool):
                 self.request(Recover(f"pool {event.pool} relisted after epoch change", pools))
@@ -258,8 +276,10 @@ class PoolSync:
                 await self.relist(pool)
                 return
             for event in read.events:
-                decision = self.sequencer.on_event(pool, event.seq, event.epoch)
-                if decision is NEW_EPOCH:
+                decision = self.sequencer.on_event(pool, event.seq, event.epoch, event.ts_us)
+                if decision is DIVERGED:
+                    self._metrics.inc("history_diverged")
+                if decision is NEW_EPOCH or decision is DIVERGED:
                     # The log is of another life of the pool than L1's records: the relist
                     # sees the changed epoch, counts it and resets.
                     await self.relist(pool)
@@ -285,7 +305,7 @@ class PoolSync:
             self._metrics.inc("events_malformed")
             log.error("%s: relist of %s skipped a record: %s", self._instance, pool, bad)
         self._l1.replace_pool(pool, listing.nodes, self._clock.monotonic(), reset=lost, seq=listing.seq)
-        self.sequencer.synced(pool, listing.seq, listing.epoch)
+        self.sequencer.synced(pool, listing.seq, listing.epoch, listing.mark)
         self._health.heard((pool,))
         self._metrics.inc("relists")
         self._metrics.observe_us("catchup_us", (self._clock.monotonic() - started) * 1e6)
@@ -294,8 +314,18 @@ class PoolSync:
         """Bring one pool up to Redis: catch up from the log if possible, else relist."""
         log.info("%s: repairing pool %s (%s)", self._instance, pool, reason)
         high_water = self._l1.high_water(pool)
-        seq, epoch = (await self._store.pool_states([pool]))[pool]
-        await self._carry_out(pool, self.sequencer.plan(pool, seq, epoch, high_water))
+        at = self.sequencer.last_seq(pool)
+        position = (await self._store.positions({pool: at}))[pool]
+        await self._carry_out(pool, self._plan(pool, position, high_water))
+
+    def _plan(self, pool: str, position: PoolPosition, high_water: int) -> Verdict | CatchUp:
+        """The sequencer's plan for ``pool`` at Redis's ``position`` (counting a diverged history)."""
+        if self.sequencer.diverged(pool, position.seq, position.mark):
+            self._metrics.inc("history_diverged")
+            self._health.report(
+                Fact.DIVERGED, f"pool {pool}: Redis's log holds another write at our last seq", (pool,)
+            )
+        return self.sequencer.plan(pool, position.seq, position.epoch, high_water, position.mark)
 
     async def _carry_out(self, pool: str, plan: Verdict | CatchUp) -> None:
         if plan is RELIST:
@@ -330,9 +360,9 @@ class PoolSync:
             served = sorted(domain.pools & self._pools)
             await self._replay_journal(served)
             high_waters = {pool: self._l1.high_water(pool) for pool in served}
-            states = await self._store.pool_states(served)
-            for pool, (seq, epoch) in states.items():
-                await self._carry_out(pool, self.sequencer.plan(pool, seq, epoch, high_waters[pool]))
+            positions = await self._store.positions({p: self.sequencer.last_seq(p) for p in served})
+            for pool, position in positions.items():
+                await self._carry_out(pool, self._plan(pool, position, high_waters[pool]))
         finally:
             self._recovering.discard(id(domain))
         if self._stream_up_all(domain):
@@ -344,7 +374,8 @@ class PoolSync:
         lost silently; each mode domain is judged on its own pools' answers."""
         probed = sorted(self._pools if pools is None else set(pools) & self._pools)
         high_waters = {pool: self._l1.high_water(pool) for pool in probed}
-        states = await self._store.pool_states_each(probed)
+        # With each position, Redis's log entry at our last seq: is it the write we applied?
+        states = await self._store.positions_each({p: self.sequencer.last_seq(p) for p in probed})
         for domain in self._health.domains_of(probed):
             mine = [p for p in probed if p in domain.pools]
             failed = next((s for p in mine if isinstance(s := states[p], RedisUnavailable)), None)
@@ -357,12 +388,17 @@ class PoolSync:
                     self.request(Recover("probe found the stream healthy", domain.pools))
                 continue
             for pool in mine:
-                seq, epoch = states[pool]  # type: ignore[misc]
-                verdict = self.sequencer.probe(pool, seq, epoch, high_waters[pool])
+                position = states[pool]
+                assert isinstance(position, PoolPosition)
+                if self.sequencer.diverged(pool, position.seq, position.mark):
+                    self._metrics.inc("history_diverged")
+                verdict = self.sequencer.probe(
+                    pool, position.seq, position.epoch, high_waters[pool], position.mark
+                )
                 if verdict is Verdict.LOST_DATA:
                     lost = frozenset({pool})
                     self._health.report(
-                        Fact.DATA_LOST, f"pool {pool} lost its data (epoch or seq went back)", lost
+                        Fact.DATA_LOST, f"pool {pool} lost its data (epoch, seq or history went back)", lost
                     )
                     self.request(Recover(f"pool {pool} relisted after a loss of data", lost))
                 elif verdict is Verdict.STALLED:

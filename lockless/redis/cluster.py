@@ -209,13 +209,15 @@ class ClusterRouter:
         self.sharded_pubsub = await self._has_sharded_pubsub()
 
     async def _has_sharded_pubsub(self) -> bool:
-        # COMMAND INFO answers [None] for a command the server does not have (Redis 6.2).
+        # SPUBLISH/SSUBSCRIBE came with Redis 7.0; Valkey reports the Redis version it is
+        # compatible with (7.2.4) in redis_version too.
         for address in self.primaries():
             try:
-                info = await self.client(address).execute_command("COMMAND", "INFO", "SPUBLISH")
+                info = await self.client(address).info("server")
             except (RedisError, OSError):
                 continue
-            return bool(info) and info[0] is not None if isinstance(info, list) else bool(info)
+            major = str(info.get("redis_version", "0")).split(".")[0]
+            return major.isdigit() and int(major) >= 7
         return False
 
     # --------------------------------------------------------------- the map

@@ -59,6 +59,29 @@ class PoolListing:
     nodes: tuple[NodeSnapshot, ...]
     #: Nodes whose record did not decode (counted and logged by the caller, never served).
     malformed: tuple[MalformedRecord, ...] = ()
+    #: The mark (``ts_us``) of the log entry at ``seq``: which write that seq is (None: unknown).
+    mark: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPosition:
+    """Where a pool is in Redis: ``seq``, ``epoch``, and the mark of the log entry at a seq asked about."""
+
+    seq: int
+    epoch: str | None
+    #: The ``ts_us`` of the write the log holds at the seq asked about (None: none asked, or no entry).
+    mark: int | None = None
+
+
+def entry_mark(entries: Sequence[Any]) -> int | None:
+    """The mark of the first of ``XRANGE`` entries (None if none, or if it does not decode)."""
+    if not entries:
+        return None
+    try:
+        event = parse_event(entries[0][1].get("e", ""))
+    except MalformedRecord:
+        return None
+    return event.ts_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +365,60 @@ class RedisStore:
         flat = await self._guarded("GET seq/epoch", run)
         return {pool: (int(flat[2 * i] or 0), flat[2 * i + 1]) for i, pool in enumerate(pools)}
 
+    async def positions(self, at: dict[str, int | None]) -> dict[str, PoolPosition]:
+        """Each pool's ``seq`` and ``epoch`` and the mark of its log entry at ``at[pool]`` (if not None),
+        in one round trip on one server (one per pool, at once, on a cluster; the first failure raised)."""
+        found = await self.positions_each(at)
+        for value in found.values():
+            if isinstance(value, RedisUnavailable):
+                raise value
+        return found  # type: ignore[return-value]
+
+    async def positions_each(self, at: dict[str, int | None]) -> dict[str, PoolPosition | RedisUnavailable]:
+        """:meth:`positions`, each pool answered or failed on its own (one server: all or none)."""
+        pools = list(at)
+
+        def commands(pool: str) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = [("GET", self.keys.seq(pool)), ("GET", self.keys.epoch(pool))]
+            if at[pool] is not None:
+                out.append(("XRANGE", self.keys.log(pool), f"{at[pool]}-0", f"{at[pool]}-0"))
+            return out
+
+        def position(replies: Sequence[Any]) -> PoolPosition:
+            mark = entry_mark(replies[2]) if len(replies) > 2 else None
+            return PoolPosition(seq=int(replies[0] or 0), epoch=replies[1], mark=mark)
+
+        if self.cluster is None:
+
+            async def run() -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for pool in pools:
+                    for command in commands(pool):
+                        pipe.execute_command(*command)
+                return await pipe.execute()
+
+            try:
+                flat = await self._guarded("GET seq/epoch", run)
+            except RedisUnavailable as exc:
+                return dict.fromkeys(pools, exc)
+            out: dict[str, PoolPosition | RedisUnavailable] = {}
+            for pool in pools:
+                n = len(commands(pool))
+                out[pool], flat = position(flat[:n]), flat[n:]
+            return out
+
+        async def one(pool: str) -> PoolPosition:
+            replies = await self._guarded("GET seq/epoch", lambda: self._cluster_run(pool, commands(pool)))
+            return position(replies)
+
+        results = await asyncio.gather(*(one(p) for p in pools), return_exceptions=True)
+        found: dict[str, PoolPosition | RedisUnavailable] = {}
+        for pool, result in zip(pools, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, RedisUnavailable):
+                raise result
+            found[pool] = result
+        return found
+
     async def pool_states_each(
         self, pools: Sequence[str]
     ) -> dict[str, tuple[int, str | None] | RedisUnavailable]:
@@ -363,13 +440,22 @@ class RedisStore:
     async def relist(self, pool: str, *, batch: int = 1000) -> PoolListing:
         """Read ``seq`` first, then every alive node (ZRANGE + pipelined HGETALL) (DESIGN.md section 5.3)."""
         seq, epoch = await self.pool_state(pool)
+        # With the ids, the log entry at seq: which write seq is (the sequencer's mark).
+        commands: list[tuple[Any, ...]] = [
+            ("ZRANGE", self.keys.alive(pool), 0, -1),
+            ("XRANGE", self.keys.log(pool), f"{seq}-0", f"{seq}-0"),
+        ]
         if self.cluster is not None:
-            command = ("ZRANGE", self.keys.alive(pool), 0, -1)
-            (ids,) = await self._guarded("ZRANGE alive", lambda: self._cluster_run(pool, [command]))
+            ids, head = await self._guarded("ZRANGE alive", lambda: self._cluster_run(pool, commands))
         else:
-            ids = await self._guarded(
-                "ZRANGE alive", lambda: self.client.zrange(self.keys.alive(pool), 0, -1)
-            )
+
+            async def run() -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                return await pipe.execute()
+
+            ids, head = await self._guarded("ZRANGE alive", run)
         nodes: list[NodeSnapshot] = []
         malformed: list[MalformedRecord] = []
         for start in range(0, len(ids), batch):
@@ -378,7 +464,14 @@ class RedisStore:
                     malformed.append(value)
                 elif value is not None:
                     nodes.append(value)
-        return PoolListing(pool=pool, seq=seq, epoch=epoch, nodes=tuple(nodes), malformed=tuple(malformed))
+        return PoolListing(
+            pool=pool,
+            seq=seq,
+            epoch=epoch,
+            nodes=tuple(nodes),
+            malformed=tuple(malformed),
+            mark=entry_mark(head),
+        )
 
     async def read_log(self, pool: str, from_seq: int, *, count: int = 1000) -> LogRead:
         """Entries with seq >= ``from_seq`` (up to ``count``); incomplete if ``from_seq`` was trimmed."""
