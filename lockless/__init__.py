@@ -38,6 +38,7 @@ from lockless.errors import (
     RedisUnavailable,
     StaleRead,
     UnknownPool,
+    WriteNotReplicated,
 )
 from lockless.metrics import (
     HistogramSummary,
@@ -105,6 +106,7 @@ __all__ = [
     "SubscriberConfig",
     "SystemClock",
     "UnknownPool",
+    "WriteNotReplicated",
     "is_placeable",
     "new_histogram",
     "parse_node_hash",

@@ -36,10 +36,11 @@ from lockless.core.l1 import L1Store
 from lockless.core.modes import Mode
 from lockless.core.selection import is_placeable
 from lockless.core.snapshot import NodeSnapshot, NodeSpec
-from lockless.errors import JournalFull, RedisUnavailable, UnknownPool
+from lockless.errors import JournalFull, RedisUnavailable, UnknownPool, WriteNotReplicated
 from lockless.health import Fact, HealthMonitor
 from lockless.metrics import Metrics
 from lockless.protocol import Admission, HeartbeatResult
+from lockless.redis.runner import without_wait
 from lockless.redis.store import RedisStore
 
 log = logging.getLogger("lockless.registry")
@@ -96,6 +97,11 @@ class WritePath:
             sent = True
             try:
                 result = await call()
+            except WriteNotReplicated:
+                # Redis answered: the shard works, its replica does not. Not acknowledged, but
+                # not an outage either (no journal: the primary already ran the write).
+                self._health.report(Fact.REDIS_ANSWERED, pools=domain.pools)
+                raise
             except RedisUnavailable as exc:
                 self._health.report(Fact.REDIS_FAILED, f"{what}: {exc}", domain.pools)
                 if domain.mode is not Mode.LOCAL_ONLY:
@@ -287,6 +293,12 @@ class WritePath:
             await self._replay(journal)
 
     async def _replay(self, journal: WriteJournal) -> None:
+        # No WAIT (redis.wait_replicas) for replays: a journaled write was answered "journaled",
+        # never promised durable; and a replay refused for want of a replica would block recovery.
+        with without_wait():
+            await self._replay_entries(journal)
+
+    async def _replay_entries(self, journal: WriteJournal) -> None:
         admitted_locally: dict[str, set[str]] = {}
         # Re-read the head each time: writes made during the replay are journaled behind it
         # (see _redis_else), and a heartbeat coalesced into the head must be replayed again.

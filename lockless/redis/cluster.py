@@ -142,6 +142,8 @@ class ClusterRouter:
         self._owner: list[Address | None] = [None] * SLOTS
         self._refreshing: asyncio.Task[bool] | None = None
         self._last_refresh = -1e9
+        #: Nodes whose last command failed (asked last for the map).
+        self._suspect: dict[Address, float] = {}
         #: Whether the servers have sharded pub/sub (SPUBLISH/SSUBSCRIBE): found at start.
         self.sharded_pubsub = False
         #: Bumped whenever the slot map changes; subscribers re-plan on it.
@@ -238,8 +240,10 @@ class ClusterRouter:
 
     async def _refresh(self) -> bool:
         self._last_refresh = time.monotonic()
-        # Known primaries first (the seeds may be gone since), then the seeds.
-        candidates = list(dict.fromkeys([*self.primaries(), *self.seeds]))
+        # Known primaries first (the seeds may be gone since), then the seeds; nodes that just
+        # failed last (a frozen one would hold each try for a socket timeout).
+        known = list(dict.fromkeys([*self.primaries(), *self.seeds]))
+        candidates = sorted(known, key=lambda a: a in self._suspect)
         for address in candidates:
             try:
                 slots = await self.client(address).execute_command("CLUSTER", "SLOTS")
@@ -297,6 +301,7 @@ class ClusterRouter:
         todo = list(range(len(commands)))
         asked: dict[int, Address] = {}
         trailers: list[Any] = []
+        followed = False
         deadline = time.monotonic() + self._factory.config.socket_timeout_s
         for _ in range(_MAX_REDIRECTS + 1):
             groups: dict[tuple[Address, bool], list[int]] = {}
@@ -312,12 +317,22 @@ class ClusterRouter:
                     groups.setdefault((owner, False), []).append(i)
                 else:
                     groups.setdefault((target, True), []).append(i)
-            sent = await asyncio.gather(
-                *(
-                    self._send(address, asking, [commands[i] for i in idx], trailer)
-                    for (address, asking), idx in groups.items()
+            try:
+                sent = await asyncio.gather(
+                    *(
+                        self._send(address, asking, [commands[i] for i in idx], trailer)
+                        for (address, asking), idx in groups.items()
+                    )
                 )
-            )
+            except (TimeoutError, RedisError, OSError):
+                # The node failed. If a fresh map names another owner of the slot (a failover
+                # done, a slot moved), send once more there: every script is safe to repeat.
+                # Else the failure is the caller's to count (the shard is down).
+                failed = self._owner[slot]
+                if followed or not await self.refresh() or self._owner[slot] in (None, failed):
+                    raise
+                followed = True
+                continue
             todo, pause = [], False
             for (_target, idx), (got, tail) in zip(groups.items(), sent, strict=True):
                 trailers.append(tail)
@@ -367,8 +382,10 @@ class ClusterRouter:
         try:
             out = await pipe.execute(raise_on_error=False)
         except (TimeoutError, RedisError, OSError):
+            self._suspect[address] = time.monotonic()
             self.refresh_soon()
             raise
+        self._suspect.pop(address, None)
         tail = out.pop() if trailer is not None else None
         if asking:
             out = out[1::2]  # drop the ASKING replies

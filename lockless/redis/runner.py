@@ -17,21 +17,27 @@ script and the calls are sent once more, as on one server.
 
 ``WAIT`` (``redis.wait_replicas`` > 0) is sent in the same pipeline after the calls, so on
 the connection that wrote: WAIT covers the writes of its own connection only. A batch
-whose WAIT ends short of the count is still done (the primary ran it); its writes are
-counted in the ``writes_unreplicated`` metric.
+whose WAIT ends short of the count raises
+:class:`~lockless.errors.WriteNotReplicated` (the primary ran it, but it is not
+acknowledged: a failover now would lose it); its writes are counted in the
+``writes_unreplicated`` metric. Inside :func:`without_wait` (the journal's replay: a
+journaled write was answered "journaled", never promised durable) no WAIT is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
+from lockless.errors import WriteNotReplicated
 from lockless.metrics import Metrics
 from lockless.redis import scripts
 from lockless.redis.client import guarded
@@ -41,6 +47,18 @@ if TYPE_CHECKING:
 
 #: One script call: its KEYS and its ARGV.
 Call = tuple[Sequence[str], Sequence[Any]]
+
+_NO_WAIT: ContextVar[bool] = ContextVar("lockless_no_wait", default=False)
+
+
+@contextlib.contextmanager
+def without_wait() -> Iterator[None]:
+    """Script calls made inside (in this task) send no WAIT, whatever ``redis.wait_replicas`` says."""
+    token = _NO_WAIT.set(True)
+    try:
+        yield
+    finally:
+        _NO_WAIT.reset(token)
 
 
 def sha1(body: str) -> str:
@@ -97,7 +115,7 @@ class ScriptRunner:
 
     async def call(self, name: str, keys: Sequence[str], argv: Sequence[Any]) -> Any:
         """One script call, one round trip (two plus a load after NOSCRIPT)."""
-        if self._router is not None or self._wait is not None:
+        if self._router is not None or (self._wait is not None and not _NO_WAIT.get()):
             (reply,) = await self.call_many(name, [(keys, argv)])
             return reply
         sha = self._shas[name]
@@ -132,7 +150,7 @@ class ScriptRunner:
             return await guarded(
                 f"{name} x{len(calls)}", lambda: self._on_cluster(name, calls), self._metrics
             )
-        wait = self._wait
+        wait = None if _NO_WAIT.get() else self._wait
 
         async def run() -> list[Any]:
             for attempt in (0, 1):
@@ -147,14 +165,15 @@ class ScriptRunner:
                 if wait is not None:
                     pipe.execute_command(*wait)
                 replies = await pipe.execute(raise_on_error=False)
-                if wait is not None:
-                    self._waited(replies.pop(), len(calls))
+                waited = replies.pop() if wait is not None else None
                 if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                     await self._client.script_load(self._bodies[name])
                     continue
                 for reply in replies[:checked]:
                     if isinstance(reply, Exception):
                         raise reply
+                if wait is not None:
+                    self._waited(name, waited, len(calls))
                 return replies
             raise AssertionError("unreachable: the second attempt returns or raises")
 
@@ -182,10 +201,10 @@ class ScriptRunner:
         assert self._router is not None
         sha = self._shas[name]
         commands = [("EVALSHA", sha, len(keys), *keys, *argv) for keys, argv in calls]
+        wait = None if _NO_WAIT.get() else self._wait
         for attempt in (0, 1):
-            replies = await self._router.execute(slot, commands, raise_on_error=False, trailer=self._wait)
-            if self._wait is not None:
-                self._waited(replies.pop(), len(calls))
+            replies = await self._router.execute(slot, commands, raise_on_error=False, trailer=wait)
+            waited = replies.pop() if wait is not None else None
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                 # The slot's owner forgot (or never had) the script: give it, on that node.
                 await self._router.execute(slot, [("SCRIPT", "LOAD", self._bodies[name])])
@@ -193,14 +212,19 @@ class ScriptRunner:
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
+            if wait is not None:
+                self._waited(name, waited, len(calls))
             return replies
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def _waited(self, reply: Any, writes: int) -> None:
-        """Count the writes a WAIT did not see replicated (an error reply counts them all)."""
+    def _waited(self, name: str, reply: Any, writes: int) -> None:
+        """Raise WriteNotReplicated if the WAIT saw fewer replicas than asked (counting the writes)."""
         assert self._wait is not None
-        if not isinstance(reply, int) or reply < self._wait[1]:
+        _, wanted, timeout_ms = self._wait
+        seen = reply if isinstance(reply, int) else 0
+        if seen < wanted:
             self._metrics.inc("writes_unreplicated", writes)
+            raise WriteNotReplicated(f"{name} x{writes}", seen, wanted, timeout_ms)
 
 
 async def _pipeline_of(client: aioredis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
