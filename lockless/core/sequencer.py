@@ -154,10 +154,7 @@ class PoolSequencer:
             return RELIST
         if seq == last + 1:
             self._last[pool] = seq
-            marks = self._marks.get(pool)
-            if marks is None:
-                marks = self._marks[pool] = deque(maxlen=HISTORY)
-            marks.append(mark)
+            self._marks[pool].append(mark)  # (made by synced(), the only way to a position)
             return APPLY
         if seq <= last:
             if mark is not None and (mine := self.mark(pool, seq)) is not None and mine != mark:
