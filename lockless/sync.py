@@ -320,12 +320,12 @@ class PoolSync:
 
     def _plan(self, pool: str, position: PoolPosition, high_water: int) -> Verdict | CatchUp:
         """The sequencer's plan for ``pool`` at Redis's ``position`` (counting a diverged history)."""
-        if self.sequencer.diverged(pool, position.seq, position.mark):
+        if self.sequencer.diverged(pool, position.seq, position.mark, position.at):
             self._metrics.inc("history_diverged")
             self._health.report(
-                Fact.DIVERGED, f"pool {pool}: Redis's log holds another write at our last seq", (pool,)
+                Fact.DIVERGED, f"pool {pool}: Redis's log holds another write at seq {position.at}", (pool,)
             )
-        return self.sequencer.plan(pool, position.seq, position.epoch, high_water, position.mark)
+        return self.sequencer.plan(pool, position.seq, position.epoch, high_water, position.mark, position.at)
 
     async def _carry_out(self, pool: str, plan: Verdict | CatchUp) -> None:
         if plan is RELIST:
@@ -390,10 +390,10 @@ class PoolSync:
             for pool in mine:
                 position = states[pool]
                 assert isinstance(position, PoolPosition)
-                if self.sequencer.diverged(pool, position.seq, position.mark):
+                if self.sequencer.diverged(pool, position.seq, position.mark, position.at):
                     self._metrics.inc("history_diverged")
                 verdict = self.sequencer.probe(
-                    pool, position.seq, position.epoch, high_waters[pool], position.mark
+                    pool, position.seq, position.epoch, high_waters[pool], position.mark, position.at
                 )
                 if verdict is Verdict.LOST_DATA:
                     lost = frozenset({pool})

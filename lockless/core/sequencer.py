@@ -129,16 +129,16 @@ class PoolSequencer:
         index = len(marks) - 1 - (last - seq)
         return marks[index] if index >= 0 else None
 
-    def diverged(self, pool: str, seq: int, mark_at_last: int | None) -> bool:
-        """Redis, at ``seq`` now, holds at our ``last_seq`` a write (``mark_at_last``) other than ours.
+    def diverged(self, pool: str, seq: int, mark: int | None, at: int | None) -> bool:
+        """Redis, at ``seq`` now, holds at seq ``at`` a write (``mark``) other than the one we applied there.
 
-        Unknown marks (ours, or an entry the log no longer holds) cannot tell: False. A Redis
-        seq below ours is the ``high_water`` test's case (:meth:`lost_data`)."""
-        last = self._last.get(pool)
-        if last is None or seq < last or mark_at_last is None:
+        ``at`` is the seq the log was read at (our ``last_seq`` when the read was sent: events
+        may have been applied since). Unknown marks (ours, or an entry the log no longer holds)
+        cannot tell: False. A Redis seq below ours is the ``high_water`` test's case (:meth:`lost_data`)."""
+        if at is None or mark is None or seq < at:
             return False
-        mine = self.mark(pool, last)
-        return mine is not None and mine != mark_at_last
+        mine = self.mark(pool, at)
+        return mine is not None and mine != mark
 
     # ------------------------------------------------------------ decisions
     def on_event(self, pool: str, seq: int, epoch: str | None = None, mark: int | None = None) -> Decision:
@@ -164,16 +164,22 @@ class PoolSequencer:
         return CatchUp(from_seq=last + 1, to_seq=seq)
 
     def plan(
-        self, pool: str, seq: int, epoch: str | None, high_water: int, mark_at_last: int | None = None
+        self,
+        pool: str,
+        seq: int,
+        epoch: str | None,
+        high_water: int,
+        mark: int | None = None,
+        at: int | None = None,
     ) -> Decision:
-        """Given Redis's ``seq``/``epoch`` for ``pool`` (and the mark of its log entry at our
-        ``last_seq``): RELIST, CatchUp or UP_TO_DATE.
+        """Given Redis's ``seq``/``epoch`` for ``pool`` (and ``mark``, that of its log entry at seq
+        ``at``, our ``last_seq`` when read): RELIST, CatchUp or UP_TO_DATE.
 
         ``high_water`` must be read *before* the read that returned ``seq`` (see
         :meth:`lost_data`).
         """
         last = self._last.get(pool)
-        if self.diverged(pool, seq, mark_at_last):
+        if self.diverged(pool, seq, mark, at):
             self._diverged.add(pool)
         if last is None or self.lost_data(pool, seq, epoch, high_water) or seq < last:
             return RELIST
@@ -182,17 +188,23 @@ class PoolSequencer:
         return UP_TO_DATE
 
     def probe(
-        self, pool: str, seq: int, epoch: str | None, high_water: int, mark_at_last: int | None = None
+        self,
+        pool: str,
+        seq: int,
+        epoch: str | None,
+        high_water: int,
+        mark: int | None = None,
+        at: int | None = None,
     ) -> Verdict:
-        """Judge a periodic read of Redis's ``seq``/``epoch`` (and the mark of its log entry at our
-        ``last_seq``): OK, LOST_DATA or STALLED.
+        """Judge a periodic read of Redis's ``seq``/``epoch`` (and ``mark``, that of its log entry at
+        seq ``at``, our ``last_seq`` when read): OK, LOST_DATA or STALLED.
 
         Being behind once is normal (events in flight); behind at two probes in a row,
         with ``last_seq`` still below what Redis had at the first, means events were
         lost silently (a half-open subscription, say): STALLED, repair the pool.
         """
         self.adopt_first_epoch(pool, epoch)
-        if self.diverged(pool, seq, mark_at_last):
+        if self.diverged(pool, seq, mark, at):
             self._diverged.add(pool)
         if self.lost_data(pool, seq, epoch, high_water):
             return Verdict.LOST_DATA

@@ -69,8 +69,10 @@ class PoolPosition:
 
     seq: int
     epoch: str | None
-    #: The ``ts_us`` of the write the log holds at the seq asked about (None: none asked, or no entry).
+    #: The ``ts_us`` of the write the log holds at seq ``at`` (None: none asked, or no entry).
     mark: int | None = None
+    #: The seq whose log entry was asked about (None: none).
+    at: int | None = None
 
 
 def entry_mark(entries: Sequence[Any]) -> int | None:
@@ -384,9 +386,9 @@ class RedisStore:
                 out.append(("XRANGE", self.keys.log(pool), f"{at[pool]}-0", f"{at[pool]}-0"))
             return out
 
-        def position(replies: Sequence[Any]) -> PoolPosition:
+        def position(pool: str, replies: Sequence[Any]) -> PoolPosition:
             mark = entry_mark(replies[2]) if len(replies) > 2 else None
-            return PoolPosition(seq=int(replies[0] or 0), epoch=replies[1], mark=mark)
+            return PoolPosition(seq=int(replies[0] or 0), epoch=replies[1], mark=mark, at=at[pool])
 
         if self.cluster is None:
 
@@ -404,12 +406,12 @@ class RedisStore:
             out: dict[str, PoolPosition | RedisUnavailable] = {}
             for pool in pools:
                 n = len(commands(pool))
-                out[pool], flat = position(flat[:n]), flat[n:]
+                out[pool], flat = position(pool, flat[:n]), flat[n:]
             return out
 
         async def one(pool: str) -> PoolPosition:
             replies = await self._guarded("GET seq/epoch", lambda: self._cluster_run(pool, commands(pool)))
-            return position(replies)
+            return position(pool, replies)
 
         results = await asyncio.gather(*(one(p) for p in pools), return_exceptions=True)
         found: dict[str, PoolPosition | RedisUnavailable] = {}

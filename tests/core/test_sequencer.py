@@ -267,24 +267,32 @@ def test_redis_holding_another_write_at_our_last_seq_is_a_diverged_history(
     redis_seq: int, mark_at_last: int | None, diverged: bool, plan: object
 ) -> None:
     seq = marked(10, [100, 111, 112])
-    assert seq.diverged("p", redis_seq, mark_at_last) is diverged
-    assert seq.plan("p", redis_seq, "e1", high_water=12, mark_at_last=mark_at_last) == plan
+    assert seq.diverged("p", redis_seq, mark_at_last, 12) is diverged
+    assert seq.plan("p", redis_seq, "e1", high_water=12, mark=mark_at_last, at=12) == plan
     assert seq.lost_data("p", redis_seq, "e1", high_water=12) is (diverged or redis_seq < 12)
 
 
 def test_the_probe_reports_a_diverged_history_as_lost_data() -> None:
     seq = marked(10, [100, 111, 112])
-    assert seq.probe("p", 12, "e1", high_water=12, mark_at_last=112) is Verdict.OK
-    assert seq.probe("p", 14, "e1", high_water=12, mark_at_last=999) is Verdict.LOST_DATA
+    assert seq.probe("p", 12, "e1", high_water=12, mark=112, at=12) is Verdict.OK
+    assert seq.probe("p", 14, "e1", high_water=12, mark=999, at=12) is Verdict.LOST_DATA
+
+
+def test_the_mark_is_compared_at_the_seq_it_was_read_at() -> None:
+    # The log was read at our last seq 11; seq 12 was applied while the read was in flight.
+    seq = marked(10, [100, 111, 112])
+    assert not seq.diverged("p", 12, 111, at=11)
+    assert seq.diverged("p", 12, 112, at=11)  # Redis holds at 11 the write we applied at 12
+    assert not seq.diverged("p", 12, 111, at=None)  # no log entry asked about
 
 
 def test_without_a_mark_of_our_own_nothing_can_be_told() -> None:
     seq = PoolSequencer()
     seq.synced("p", 10, "e1")  # relisted without reading the log's entry
     assert seq.mark("p", 10) is None
-    assert not seq.diverged("p", 15, 999)
+    assert not seq.diverged("p", 15, 999, 10)
     assert seq.on_event("p", 10, "e1", 999) == IGNORE
-    assert not seq.diverged("q", 15, 999)  # a pool never listed
+    assert not seq.diverged("q", 15, 999, 10)  # a pool never listed
 
 
 def test_invalidate_forgets_the_marks() -> None:
