@@ -249,7 +249,7 @@ class ConnectionFactory:
             return await self.cluster.check()
         ep = endpoint or self.endpoint
         try:
-            reader, writer = await self.open_stream(ep)
+            reader, writer = await (self.open_stream() if endpoint is None else self.open_stream(endpoint))
             try:
                 reply = await _round_trip(reader, writer, [b"PING"], self.config.socket_timeout_s)
             finally:
