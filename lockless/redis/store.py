@@ -25,6 +25,7 @@ path and the journal replay both go through it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
 from lockless.redis.runner import ScriptRunner
 from lockless.redis.scripts import ScriptArgs
+
+log = logging.getLogger("lockless.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,15 +229,26 @@ class RedisStore:
         pools = sorted({s.pool for s in specs})
         calls = [self.args.register(spec) for spec in specs]
         if self.cluster is not None:
-            # The pools set has a slot of its own: its SADD goes to its node beside the calls.
+            # The pools set has a slot of its own, on some shard: its SADD goes there beside the
+            # calls, and is best effort, so that a registration depends on its pool's shard only
+            # (a shard down must not stop registrations in the pools of the others). The set is
+            # an index for operators; the next registration in the pool adds it again.
             cluster, key = self.cluster, self.keys.pools()
 
             async def add_pools() -> None:
                 await cluster.execute(key_slot(key.encode()), [("SADD", key, *pools)])
 
-            _, replies = await asyncio.gather(
-                self._guarded("SADD pools", add_pools), self.scripts.call_many("register", calls)
+            added, replies = await asyncio.gather(
+                self._guarded("SADD pools", add_pools),
+                self.scripts.call_many("register", calls),
+                return_exceptions=True,
             )
+            if isinstance(replies, BaseException):
+                raise replies
+            if isinstance(added, RedisUnavailable):
+                log.warning("pools set not updated (%s); registration done", added)
+            elif isinstance(added, BaseException):
+                raise added
             return [int(v) for v in replies]
         # The pools set lives outside the pools' slots, so no script touches it; queued
         # ahead of the calls it keeps the registration one round trip.
