@@ -141,12 +141,13 @@ class ScriptRunner:
 
         ``before(pipeline)`` and ``after(pipeline)`` may queue other commands ahead of or
         behind the calls (their replies come first or last in the list). The first error
-        reply is raised after the batch, unless it answers a command of ``after``.
+        reply is raised after the batch, unless it answers a command of ``after``. (One
+        server only: on a cluster, commands of the calls' slot follow with :meth:`call_then`.)
         """
         sha = self._shas[name]
         if self._router is not None:
-            if before is not None:
-                raise ValueError("before= is for one server; on a cluster other slots are sent apart")
+            if before is not None or after is not None:
+                raise ValueError("before=/after= are for one server; on a cluster use call_then()")
             return await guarded(
                 f"{name} x{len(calls)}", lambda: self._on_cluster(name, calls), self._metrics
             )
@@ -179,6 +180,21 @@ class ScriptRunner:
 
         return await guarded(f"{name} x{len(calls)}", run, self._metrics)
 
+    async def call_then(
+        self, name: str, call: Call, then: Sequence[tuple[Any, ...]]
+    ) -> tuple[Any, list[Any]]:
+        """One script call followed, in the same round trip, by commands ``then`` of its slot
+        (e.g. reading back the record it wrote): the call's reply, and theirs (errors in place)."""
+        if self._router is None:
+            replies = await self.call_many(
+                name, [call], after=lambda pipe: [pipe.execute_command(*c) for c in then]
+            )
+            return replies[0], list(replies[1:])
+        keys = call[0]
+        slot = key_slot(str(keys[0]).encode())
+        replies = await guarded(name, lambda: self._slot_batch(name, slot, [call], then), self._metrics)
+        return replies[0], list(replies[1:])
+
     # ---------------------------------------------------------------- cluster
     async def _on_cluster(self, name: str, calls: Sequence[Call]) -> list[Any]:
         """Calls split by slot, one pipeline per slot at once; replies in the calls' order."""
@@ -197,10 +213,13 @@ class ScriptRunner:
                 replies[i] = reply
         return replies
 
-    async def _slot_batch(self, name: str, slot: int, calls: Sequence[Call]) -> list[Any]:
+    async def _slot_batch(
+        self, name: str, slot: int, calls: Sequence[Call], then: Sequence[tuple[Any, ...]] = ()
+    ) -> list[Any]:
+        """The calls (and ``then``, whose error replies are returned, not raised) on the slot's owner."""
         assert self._router is not None
         sha = self._shas[name]
-        commands = [("EVALSHA", sha, len(keys), *keys, *argv) for keys, argv in calls]
+        commands = [*(("EVALSHA", sha, len(keys), *keys, *argv) for keys, argv in calls), *then]
         wait = None if _NO_WAIT.get() else self._wait
         for attempt in (0, 1):
             replies = await self._router.execute(slot, commands, raise_on_error=False, trailer=wait)
@@ -209,7 +228,7 @@ class ScriptRunner:
                 # The slot's owner forgot (or never had) the script: give it, on that node.
                 await self._router.execute(slot, [("SCRIPT", "LOAD", self._bodies[name])])
                 continue
-            for reply in replies:
+            for reply in replies[: len(calls)]:
                 if isinstance(reply, Exception):
                     raise reply
             if wait is not None:

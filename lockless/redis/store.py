@@ -209,13 +209,26 @@ class RedisStore:
         once, before the event reaches its subscriber (read-your-writes).
         """
         pool, node_id = spec.pool, spec.node_id
-        replies = await self.scripts.call_many(
-            "register",
-            [self.args.register(spec)],
-            before=lambda pipe: pipe.sadd(self.keys.pools(), pool),
-            after=lambda pipe: pipe.hgetall(self.keys.node(pool, node_id)),
-        )
-        version, raw = int(replies[1]), replies[2]
+        if self.cluster is not None:
+            added, done = await asyncio.gather(
+                self._add_pools_on_cluster([pool]),
+                self.scripts.call_then(
+                    "register", self.args.register(spec), [("HGETALL", self.keys.node(pool, node_id))]
+                ),
+                return_exceptions=True,
+            )
+            if isinstance(done, BaseException):
+                raise done
+            self._pools_set_added(added)
+            version, (raw,) = int(done[0]), done[1]
+        else:
+            replies = await self.scripts.call_many(
+                "register",
+                [self.args.register(spec)],
+                before=lambda pipe: pipe.sadd(self.keys.pools(), pool),
+                after=lambda pipe: pipe.hgetall(self.keys.node(pool, node_id)),
+            )
+            version, raw = int(replies[1]), replies[2]
         try:
             record = parse_node_hash(pool, node_id, raw) if isinstance(raw, dict) and raw else None
         except MalformedRecord:
@@ -229,26 +242,14 @@ class RedisStore:
         pools = sorted({s.pool for s in specs})
         calls = [self.args.register(spec) for spec in specs]
         if self.cluster is not None:
-            # The pools set has a slot of its own, on some shard: its SADD goes there beside the
-            # calls, and is best effort, so that a registration depends on its pool's shard only
-            # (a shard down must not stop registrations in the pools of the others). The set is
-            # an index for operators; the next registration in the pool adds it again.
-            cluster, key = self.cluster, self.keys.pools()
-
-            async def add_pools() -> None:
-                await cluster.execute(key_slot(key.encode()), [("SADD", key, *pools)])
-
             added, replies = await asyncio.gather(
-                self._guarded("SADD pools", add_pools),
+                self._add_pools_on_cluster(pools),
                 self.scripts.call_many("register", calls),
                 return_exceptions=True,
             )
             if isinstance(replies, BaseException):
                 raise replies
-            if isinstance(added, RedisUnavailable):
-                log.warning("pools set not updated (%s); registration done", added)
-            elif isinstance(added, BaseException):
-                raise added
+            self._pools_set_added(added)
             return [int(v) for v in replies]
         # The pools set lives outside the pools' slots, so no script touches it; queued
         # ahead of the calls it keeps the registration one round trip.
@@ -258,6 +259,26 @@ class RedisStore:
             before=lambda pipe: pipe.sadd(self.keys.pools(), *pools),
         )
         return [int(v) for v in replies[1:]]
+
+    async def _add_pools_on_cluster(self, pools: Sequence[str]) -> None:
+        # The pools set has a slot of its own, on some shard: its SADD goes there beside the
+        # calls, and is best effort (see _pools_set_added), so that a registration depends on
+        # its pool's shard only: a shard down must not stop registrations in the others' pools.
+        assert self.cluster is not None
+        cluster, key = self.cluster, self.keys.pools()
+
+        async def add() -> None:
+            await cluster.execute(key_slot(key.encode()), [("SADD", key, *pools)])
+
+        await self._guarded("SADD pools", add)
+
+    @staticmethod
+    def _pools_set_added(outcome: BaseException | None) -> None:
+        """The pools set is an index for operators; the next registration in the pool adds it again."""
+        if isinstance(outcome, RedisUnavailable):
+            log.warning("pools set not updated (%s); registration done", outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
         """One heartbeat; version 0 means the node is unknown and no spec was given to re-create it."""
