@@ -56,9 +56,10 @@ class Reaper:
     async def reap_once(self) -> list[str]:
         """Reap dead nodes of every pool that :meth:`may_reap`; returns their ids."""
         reaped: list[str] = []
-        for pool in self._pools:
-            if self.may_reap(pool):
-                reaped += await self._store.reap(pool)
+        # Decided for every pool before the first await, on the modes of this moment.
+        allowed = [pool for pool in self._pools if self.may_reap(pool)]
+        for pool in allowed:
+            reaped += await self._store.reap(pool)
         self._metrics.inc("reaped", len(reaped))
         return reaped
 

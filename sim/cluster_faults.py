@@ -89,3 +89,38 @@ def kill_and_promote(
 
     cluster.wait_settled(timeout, also=promoted)
     return replica
+
+
+def take_over_from_frozen(
+    cluster: LocalCluster, primary: LocalNode, replica: LocalNode, *, timeout: float = 10.0
+) -> None:
+    """Freeze ``primary`` and have its cut-off ``replica`` take its slots at once (``CLUSTER
+    FAILOVER TAKEOVER``: no vote, no handshake); return as soon as the replica says it is a primary.
+
+    Clients of the frozen primary notice only when their commands or PINGs time out, so the
+    caller has those timeouts' worth of time to write to the new primary first (the writes a
+    real failover's first clients make): :func:`kill_frozen` then ends the old primary."""
+    primary.server.pause()
+    replica.server.resume()
+    replica.command("CLUSTER", "FAILOVER", "TAKEOVER", step="take_over_from_frozen")
+    deadline = time.monotonic() + timeout
+    while cluster.info(replica, "replication").get("role") != "master":
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"take_over_from_frozen: {replica.name} still a replica after {timeout} s")
+        time.sleep(0.002)  # poll; the deadline bounds the wait
+
+
+def kill_frozen(
+    cluster: LocalCluster, primary: LocalNode, replica: LocalNode, *, timeout: float = 20.0
+) -> None:
+    """End a primary frozen by :func:`take_over_from_frozen` and wait until the cluster agrees
+    that ``replica`` owns its slots."""
+    primary.server.kill()
+    primary.server.resume()  # (a no-op on a dead process; keeps its bookkeeping straight)
+
+    def everyone_agrees() -> str | None:
+        views = cluster.nodes()
+        owner = next((v for v in views if v.node_id == replica.node_id), None)
+        return None if owner is not None and owner.role == "primary" and owner.slots else "not yet"
+
+    cluster.wait_settled(timeout, also=everyone_agrees)

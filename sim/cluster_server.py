@@ -57,6 +57,8 @@ __all__ = ["ClusterError", "FailoverMode", "LocalCluster", "LocalNode"]
 # Errors valkey-cli accepts from SETSLOT NODE on the source (valkey-cli.c clusterManagerMoveSlot).
 _SETSLOT_ACCEPTABLE = ("only with masters", "only with primaries", "UNBLOCKED", "NOREPLICAS")
 _POLL_S = 0.02  # poll interval of every wait; the deadline, not this, bounds the wait
+#: How long a manual failover may take before it is asked again (the server gives up after 5 s).
+_MANUAL_FAILOVER_S = 6.0
 
 
 # Clusters started and not yet cleaned up. RedisServer's own atexit hook kills every running
@@ -308,8 +310,19 @@ class LocalCluster:
             args = ["CLUSTER", "FAILOVER"] + (
                 [] if chosen_mode is FailoverMode.GRACEFUL else [chosen_mode.upper()]
             )
-            target.command(*args, step="failover")
-            return self._wait_promoted(primary, slots, [target], timeout, f"failover {chosen_mode}")
+            step = f"failover {chosen_mode}"
+            deadline = time.monotonic() + timeout
+            # A manual failover the primaries refuse to vote for is dropped after its timeout
+            # (5 s), never retried: Redis 6.2 votes for a shard's replicas once per 2x the node
+            # timeout, so a second failover of a shard within that fails. Ask again until the deadline.
+            while True:
+                target.command(*args, step="failover")
+                attempt = min(_MANUAL_FAILOVER_S, max(1.0, deadline - time.monotonic()))
+                try:
+                    return self._wait_promoted(primary, slots, [target], attempt, step)
+                except ClusterError:
+                    if time.monotonic() >= deadline:
+                        raise
 
     def restart(
         self,

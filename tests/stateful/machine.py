@@ -315,6 +315,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def __init__(self, server: RedisServer) -> None:
         super().__init__()
         self.server = server
+        self.url = server.url
         self.runner = asyncio.Runner()
         self.ns = f"sm-{uuid.uuid4().hex[:10]}"
         self.model = RegistryModel(POOLS, LOAD_TOLERANCE)
@@ -322,6 +323,8 @@ class RegistryMachine(RuleBasedStateMachine):
         # Truth reads retry a little more: they must survive the faults the rules inject.
         truth_redis = RedisConfig(url=server.url, namespace=self.ns, socket_timeout_s=2.0, retries=3)
         self.truth = RedisStore(truth_redis, base.nodes)
+        #: A plain client for the machine's own raw commands (a cluster's machine: a cluster client).
+        self.admin: Any = self.truth.client
         self.mute = mute_store(base.redis, base.nodes)
         self.instances: list[LocklessRegistry] = []
         #: (instance, pool) -> (epoch the instance knew, node -> highest version it has shown).
@@ -354,11 +357,15 @@ class RegistryMachine(RuleBasedStateMachine):
         finally:
             self._close_all()
 
+    def _revive(self) -> None:
+        """Whatever a failed step left broken is running again, so that closing can talk to it."""
+        self.server.resume()
+        if not self.server.running:
+            self.server.start()
+
     def _close_all(self) -> None:
         try:
-            self.server.resume()
-            if not self.server.running:
-                self.server.start()
+            self._revive()
 
             async def close() -> None:
                 for r in self.instances:
@@ -449,7 +456,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ truth
     async def _truth(self) -> dict[str, Truth]:
-        client, keys = self.truth.client, self.truth.keys
+        client, keys = self.admin, self.truth.keys
         out: dict[str, Truth] = {}
         for pool in POOLS:
             listing = await self.truth.relist(pool)
@@ -516,7 +523,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
         async def start() -> None:
             for i in range(count):
-                cfg = instance_config(self.server.url, self.ns, seed=i)
+                cfg = instance_config(self.url, self.ns, seed=i)
                 registry = LocklessRegistry(cfg, instance=f"i{i}")
                 await registry.start()
                 self.instances.append(registry)
@@ -639,9 +646,9 @@ class RegistryMachine(RuleBasedStateMachine):
         node_id = existing[k % len(existing)]
 
         async def go() -> None:
-            seconds, micros = await self.truth.client.time()
+            seconds, micros = await self.admin.time()
             past = int(seconds) * 1000 + int(micros) // 1000 - int(6 * DEAD_AFTER_S * 1000)
-            await self.truth.client.zadd(self.truth.keys.alive(pool), {node_id: past}, xx=True)
+            await self.admin.zadd(self.truth.keys.alive(pool), {node_id: past}, xx=True)
 
         self.run(go())
         self.model.lapse(pool, node_id)
@@ -656,8 +663,9 @@ class RegistryMachine(RuleBasedStateMachine):
 
     def _reap(self, i: int) -> None:
         registry = self.inst(i)
-        # reap_once decides before its first await whether it may reap (NORMAL, no grace).
-        active = registry.mode is Mode.NORMAL
+        # reap_once decides before its first await, per pool, whether it may reap (the pool's mode
+        # NORMAL, no grace); on one server every pool has the instance's mode.
+        active = [p for p in sorted(POOLS) if registry.mode_of(p) is Mode.NORMAL]
         reaped = self.run(registry.reap_once())
         if not active:
             TALLY["reap:not_normal"] += 1
@@ -665,7 +673,7 @@ class RegistryMachine(RuleBasedStateMachine):
             return
         TALLY["reap:reaped_nodes"] += len(reaped)
         at = 0
-        for pool in sorted(POOLS):
+        for pool in active:
             lapsed = self.model.lapsed(pool)
             order = reaped[at : at + len(lapsed)]
             at += len(lapsed)
@@ -687,7 +695,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 await self._write(op)
             if trim:
                 for pool in POOLS:
-                    await self.truth.client.xtrim(self.truth.keys.log(pool), maxlen=0, approximate=False)
+                    await self.admin.xtrim(self.truth.keys.log(pool), maxlen=0, approximate=False)
 
         self.run(go())
 
@@ -711,7 +719,7 @@ class RegistryMachine(RuleBasedStateMachine):
     @logged
     def publish_garbage(self, pool: str, garbage: str) -> None:
         TALLY["fault:garbage_event"] += 1
-        self.run(self.truth.client.publish(self.truth.keys.events(pool), garbage))
+        self.run(self.admin.publish(self.truth.keys.events(pool), garbage))
 
     @rule()
     @logged
@@ -748,7 +756,7 @@ class RegistryMachine(RuleBasedStateMachine):
             if not keep_data and WORK_AROUND_EPOCH_BUG:
                 await self._epochs_known()
             if keep_data:
-                await self.truth.client.save()
+                await self.admin.save()
             await asyncio.to_thread(self.server.stop)
             try:
                 await _until(
