@@ -19,7 +19,7 @@ import pytest
 
 from lockless import LocklessRegistry, Mode, NodeSpec, RegistryConfig, WriteNotReplicated
 from lockless.core.sequencer import PoolSequencer
-from sim.cluster_faults import cut_off_replica, kill_and_promote
+from sim.cluster_faults import cut_off_replica, kill_and_promote, kill_frozen, take_over_from_frozen
 from sim.cluster_server import LocalCluster
 from sim.redis_server import ServerBinary
 from tests.cluster.support import cluster_url, pools_on_distinct_shards
@@ -132,30 +132,41 @@ async def lossy_failover(cluster: LocalCluster, pool: str, writes: Callable[[], 
 
 async def lose_admissions(cluster: LocalCluster, ns: str) -> tuple[RegistryConfig, list, list[int]]:
     """A scenario in which 5 admissions acknowledged by the old primary are lost, after which the
-    new primary writes 10 more changes (so its seq passes what the instances saw). Returns the
-    config, the two registries (started; the caller closes them) and the lost versions."""
+    new primary writes 10 more changes (so its seq passes what the instances saw) before any
+    instance can notice the failover. Returns the config, the two registries (started; the
+    caller closes them) and the lost versions."""
     pools = ("lost",)
     config = config_for(cluster, ns, pools)
     a, b = LocklessRegistry(config, instance="A"), LocklessRegistry(config, instance="B")
     await a.start()
     await b.start()
+    writer = store_for(config)
+    await writer.load_scripts()  # the scripts as this cluster runs them (SPUBLISH or PUBLISH)
     for i in range(10):
         await a.register_node(NodeSpec(node_id=f"n{i}", pool="lost", max_jobs=3))
+    owner = cluster.primary_for_key("{lost}")
+    replica = await asyncio.to_thread(cut_off_replica, cluster, owner)
     lost: list[int] = []
-
-    async def admit() -> None:
+    try:
         for i in range(5):
             admission = await a.job_start("lost", f"n{i}", f"job{i}")
             assert admission.admitted
             lost.append(admission.version)
         # Both instances applied them: their caches hold writes Redis is about to lose.
         await eventually(lambda: b.last_seq("lost") == lost[-1], 5, "B to apply the doomed admissions")
-
-    await lossy_failover(cluster, "lost", admit)
-    writer = store_for(config)
+    except BaseException:
+        replica.server.resume()
+        raise
+    # No await from here until the new primary has its new history: the instances do not run,
+    # and after that must wait out their timeouts on the frozen primary before they can look.
+    take_over_from_frozen(cluster, owner, replica)
+    body = writer.scripts._bodies["register"]
+    with replica.client() as client:
+        for i in range(10):  # the new primary reuses seqs 11..15 and passes them
+            keys, argv = writer.args.register(NodeSpec(node_id=f"n{i}", pool="lost", max_jobs=3, load=0.5))
+            client.execute_command("EVAL", body, len(keys), *keys, *argv)
+    await asyncio.to_thread(kill_frozen, cluster, owner, replica, timeout=FAILOVER_S)
     try:
-        for i in range(10):  # the new primary reuses seqs 11..20
-            await writer.register(NodeSpec(node_id=f"n{i}", pool="lost", max_jobs=3, load=0.5))
         assert (await writer.pool_state("lost"))[0] == 20 > lost[-1]
     finally:
         await writer.close()
