@@ -489,8 +489,9 @@ class ExperimentConfig:
         for arch in self.overrides:
             if arch not in self.experiment.architectures:
                 raise ConfigError(
-                    f"overrides.{arch}", "(table)", "one of experiment.architectures: "
-                    + " | ".join(self.experiment.architectures)
+                    f"overrides.{arch}",
+                    "(table)",
+                    "one of experiment.architectures: " + " | ".join(self.experiment.architectures),
                 )
         if self.overrides and kind != "comparison":
             raise ConfigError("overrides", "(table)", "only with experiment.kind = 'comparison'")
@@ -517,6 +518,14 @@ class ExperimentConfig:
         """Cluster faults need [cluster]; a cluster takes no single-server or link fault."""
         if self.cluster.enabled and self.harness.workers > 1:
             raise ConfigError("harness.workers", self.harness.workers, "1 with [cluster] enabled")
+        if self.cluster.enabled and set(self.experiment.architectures) != {"lockless"}:
+            # The baselines read whole pools through a client of one server (sim/architectures/
+            # pool_read.py, redis_select.py); only the library routes by slot.
+            raise ConfigError(
+                "experiment.architectures",
+                list(self.experiment.architectures),
+                '["lockless"] with [cluster] enabled',
+            )
         for fault in self.faults:
             if fault.on_cluster and not self.cluster.enabled:
                 raise ConfigError("faults.kind", fault.kind, "a cluster fault needs [cluster] enabled = true")

@@ -563,12 +563,14 @@ async def _run_on_cluster(
         outcome.machine["loadavg_start"] = _loadavg()
         token = uuid.uuid4().hex[:6]
         for arch in config.experiment.architectures:
+            phase_config = config.for_architecture(arch)
+            outcome.phases.setdefault(arch, {})["workload"] = workload(phase_config)
             target = Target(
                 registry_url=cluster.url,
                 checker_url=cluster.url,
                 namespace=f"sim-{config.experiment.name}-{arch}-{token}",
             )
-            rec = await shard_phase(config, arch, target, server=cluster, progress=progress)
+            rec = await shard_phase(phase_config, arch, target, server=cluster, progress=progress)
             outcome.recorders[arch] = rec
             outcome.phases.setdefault(arch, {})["cluster"] = {
                 **cluster.report,

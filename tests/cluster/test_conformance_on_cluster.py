@@ -1,8 +1,9 @@
-"""The conformance suite (``tests/conformance``) again, every architecture on a real cluster.
+"""The conformance suite (``tests/conformance``) again, the library on a real cluster.
 
 The tests are the same functions; only the ``registry`` fixture differs: its Redis is a
 local 3+3 cluster (``redis+cluster://``), with the suite's pools ``p`` and ``q`` on
-different shards, so a behaviour that only holds on one server shows here.
+different shards, so a behaviour that only holds on one server shows here. (The library
+only: the baselines read whole pools through a client of one server.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from sim.architectures import build
 from sim.cluster_server import LocalCluster
 from tests.cluster.support import cluster_url
 from tests.conformance.test_registry_conformance import *  # noqa: F403 (the suite's tests, collected here)
-from tests.conformance.test_registry_conformance import ARCHITECTURES
 from tests.support import fast_config
 
 
@@ -29,7 +29,7 @@ def shards_apart(cluster: LocalCluster) -> LocalCluster:
     return cluster
 
 
-@pytest.fixture(params=ARCHITECTURES)
+@pytest.fixture(params=["lockless"])
 async def registry(
     request: pytest.FixtureRequest, shards_apart: LocalCluster, ns: str
 ) -> AsyncIterator[Registry]:
