@@ -48,7 +48,7 @@ class RedisConfig:
     connect_timeout_s: float = 0.5
     """TCP connect timeout."""
     max_connections: int = 16
-    """Size of the bounded, blocking connection pool."""
+    """Size of the bounded, blocking connection pool (on a cluster: of each primary's pool)."""
     pool_timeout_s: float = 0.5
     """How long a command may wait for a free pooled connection (counted in its latency)."""
     retries: int = 1
@@ -197,7 +197,8 @@ class JournalConfig:
     """The LOCAL_ONLY write journal."""
 
     capacity: int = 100_000
-    """Entries held at most; past it writes fail with JournalFull (reported, never silently dropped)."""
+    """Entries held at most; past it writes fail with JournalFull (reported, never silently dropped).
+    On a cluster each pool has a journal of its own, each of this capacity."""
 
     def __post_init__(self) -> None:
         _count("journal.capacity", self.capacity)
