@@ -106,12 +106,16 @@ class ClusterTarget:
             self.local.start()
 
     def cleanup(self) -> None:
+        self._renew_admin()
+        if self.local is not None:
+            self.local.cleanup()
+
+    def _renew_admin(self) -> None:
+        """Drop the admin client: the next one reads the slot map as it is now (after a fault)."""
         if self._admin is not None:
             with contextlib.suppress(Exception):
                 self._admin.close()
             self._admin = None
-        if self.local is not None:
-            self.local.cleanup()
 
     @property
     def url(self) -> str:
@@ -145,6 +149,7 @@ class ClusterTarget:
                     self.local.restart(node)
             self._down.clear()
             self.local.wait_settled(30.0)
+        self._renew_admin()
         admin = self.admin()
         for node in admin.get_primaries():
             for key in admin.scan_iter(match=f"{namespace}:*", count=1000, target_nodes=node):
@@ -254,6 +259,7 @@ class ClusterTarget:
         # What was acknowledged before the fault (and, for a move, during it) and is gone now.
         end_wall = time.time() if fault.kind == "move_slot" else record.hit_wall
         acks = self.ledger.window(pools, record.hit_wall - WINDOW_S - fault.lose_writes_s, end_wall)
+        self._renew_admin()  # the slots moved: read the logs where they are now
         lost = await asyncio.to_thread(lost_writes, acks, self._log_at, end_wall)
         record.acked_checked, record.lost = len(acks), len(lost)
         record.lost_examples = [f"{a.pool} seq {a.seq} {a.op} {a.node_id}" for a in lost[:5]]
