@@ -18,6 +18,7 @@ baselines) can reuse exactly the same write path, selection and metrics: ``Redis
 a baseline that composes the library's admission into a script of its own).
 """
 
+from lockless.aio import cancel_and_wait
 from lockless.clock import Clock, ManualClock, SystemClock
 from lockless.config import (
     CacheConfig,
@@ -107,6 +108,7 @@ __all__ = [
     "SystemClock",
     "UnknownPool",
     "WriteNotReplicated",
+    "cancel_and_wait",
     "is_placeable",
     "new_histogram",
     "parse_node_hash",

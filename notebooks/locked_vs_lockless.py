@@ -321,12 +321,14 @@ if runs:
         display(Markdown("*Skipped: no lockless propagation histogram in the loaded runs.*"))
 
 # %% [markdown]
-# ## Scaling: select P99 against node count
+# ## Scaling: decision P99 against node count
 #
-# One point per (experiment, architecture): the run's node count and its `select` P99.
+# One point per (experiment, architecture): the run's node count and the P99 of its
+# decision, `select` where the run selects and admits apart, else `place` (select and admit).
 # Lockless selection reads a local index, so its P99 should stay flat as the cluster
-# grows; a baseline reads the whole pool from Redis per selection, so its P99 grows with
-# the node count. Runs where Redis was down, frozen or slow are left out (an outage is not
+# grows; a full-scan baseline reads the whole pool from Redis per decision, so its P99 grows
+# with the node count. A P99 of fewer than 1,000 samples is the maximum of n (column `P99 is`).
+# Runs where Redis was down, frozen or slow are left out (an outage is not
 # a cluster size); pub/sub kills stay in. With fewer than two node counts loaded this is a
 # single column of points.
 
@@ -353,13 +355,18 @@ if runs:
             continue
         s = run["summary"]
         for arch, a in s["architectures"].items():
-            if "select" in a["ops"] and a["ops"]["select"]["count"]:
+            op = next((o for o in ("select", "place") if a["ops"].get(o, {}).get("count")), None)
+            if op is not None:
+                n = a["ops"][op]["count"]
                 points.append(
                     {
                         "experiment": name,
                         "arch": arch,
                         "nodes": s["nodes"],
-                        "select P99 ms": a["ops"]["select"]["p99_us"] / 1000,
+                        "op": op,
+                        "n": n,
+                        "P99 is": "P99" if n >= 1000 else f"max of {n}",
+                        "decision P99 ms": a["ops"][op]["p99_us"] / 1000,
                         "valid": a["valid"],
                     }
                 )
@@ -368,11 +375,11 @@ if runs:
         fig, ax = plt.subplots(figsize=(7, 4))
         for arch, grp in pts.groupby("arch"):
             ok = grp[grp["valid"]]
-            ax.plot(ok["nodes"], ok["select P99 ms"], marker="o", label=arch, color=ARCH_COLOURS.get(arch))
+            ax.plot(ok["nodes"], ok["decision P99 ms"], marker="o", label=arch, color=ARCH_COLOURS.get(arch))
             bad = grp[~grp["valid"]]
             ax.scatter(
                 bad["nodes"],
-                bad["select P99 ms"],
+                bad["decision P99 ms"],
                 marker="x",
                 color=ARCH_COLOURS.get(arch),
                 label=f"{arch} (INVALID)" if len(bad) else None,
@@ -380,8 +387,8 @@ if runs:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("nodes in the cluster (log)")
-        ax.set_ylabel("select P99 (ms, log)")
-        ax.set_title("select P99 vs cluster size")
+        ax.set_ylabel("decision (select or place) P99 (ms, log)")
+        ax.set_title("decision P99 vs cluster size")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()

@@ -10,7 +10,7 @@ cluster client, not through the library under test.
 Faults (``[[faults]]`` with a ``pool``; each hits the shard owning that pool's slot):
 
 * ``kill_primary``: SIGKILL; its replica takes over. With ``lose_writes_s`` the replica is
-  first cut off that long (``sim.cluster_faults``: the lag a real replica has when the
+  first cut off that long (``sim.cluster_loss``: the lag a real replica has when the
   network or its disk stalls), so the writes acknowledged meanwhile are lost. After
   ``duration_s`` the killed node is started again and rejoins as a replica.
 * ``pause_primary``: SIGSTOP for ``duration_s``; its replica takes over meanwhile.
@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 
 from lockless import KeySpace, Mode
 from sim.acks import AckLedger, LogEntry, lost_writes, parse_log_entry
-from sim.cluster_faults import cut_off_replica
+from sim.cluster_loss import cut_off_replica
 from sim.cluster_server import ClusterError, LocalCluster, LocalNode
 from sim.config import ClusterSection, FaultSpec
 from sim.recorder import Recorder

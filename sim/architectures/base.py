@@ -39,6 +39,7 @@ from lockless import (
     Requirements,
     Selection,
     UnknownPool,
+    cancel_and_wait,
     new_histogram,
     place,
 )
@@ -111,9 +112,8 @@ class RedisBackedRegistry:
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # One cancel() can be swallowed by redis-py's wait_for on Python 3.11; this repeats it.
+        await cancel_and_wait(tasks)
         with contextlib.suppress(Exception):
             await self.store.close()
 

@@ -3,7 +3,7 @@
 * a primary killed or frozen degrades the pools on its shard only, and they recover once
   its replica has taken over;
 * writes a primary acknowledged and then lost in a failover (its replica cut off first,
-  ``sim.cluster_faults``) are detected by every instance, whose caches converge to what
+  ``sim.cluster_loss``) are detected by every instance, whose caches converge to what
   Redis kept; the same test with the marks broken on purpose shows the caches would not;
 * with ``redis.wait_replicas`` the writes made while the replica is cut off are refused
   (``WriteNotReplicated``), so the failover loses no acknowledged write.
@@ -19,7 +19,7 @@ import pytest
 
 from lockless import LocklessRegistry, Mode, NodeSpec, RegistryConfig, WriteNotReplicated
 from lockless.core.sequencer import PoolSequencer
-from sim.cluster_faults import cut_off_replica, kill_and_promote, kill_frozen, take_over_from_frozen
+from sim.cluster_loss import cut_off_replica, kill_and_promote, kill_frozen, take_over_from_frozen
 from sim.cluster_server import LocalCluster
 from sim.redis_server import ServerBinary
 from tests.cluster.support import cluster_url, pools_on_distinct_shards

@@ -9,7 +9,7 @@ single server's stops, pauses and restarts:
 
   - ``graceful``: ``CLUSTER FAILOVER`` (the replica catches up first): nothing lost;
   - ``kill``: the replica in step (waited for), then the primary SIGKILLed: nothing lost;
-  - ``lossy``: the replica cut off (``sim.cluster_faults``), writes made through the
+  - ``lossy``: the replica cut off (``sim.cluster_loss``), writes made through the
     instances (acknowledged by the primary only), then the primary frozen and the replica
     made primary at once (TAKEOVER), which lacks them; before the instances can notice (their
     commands to the frozen primary must time out first) six more writes go to the new
@@ -43,18 +43,13 @@ from redis.backoff import NoBackoff
 from lockless.core.modes import Mode
 from lockless.core.snapshot import NodeSpec
 from lockless.protocol import Heartbeat
-from sim.cluster_faults import cut_off_replica, kill_frozen, take_over_from_frozen, wait_in_sync
+from sim.cluster_loss import cut_off_replica, kill_frozen, take_over_from_frozen, wait_in_sync
 from sim.cluster_server import FailoverMode, LocalCluster, LocalNode
-from tests.stateful.machine import (
-    POOLS,
-    TALLY,
-    Op,
-    RegistryMachine,
-    _until,
-    logged,
-    write_ops,
-)
+from tests.stateful import checks, steps
+from tests.stateful.machine import RegistryMachine, logged
 from tests.stateful.model import RegistryModel, records_of
+from tests.stateful.ops import POOLS, TALLY, Op, write_ops
+from tests.stateful.world import World, until
 
 FAILOVER_S = 20.0
 #: The node the new primary's first writes go to (see _new_history).
@@ -95,15 +90,15 @@ class ClusterAdmin:
 
 
 class _ClusterHolder:
-    """Stands where the single-server machine keeps its server: the URL, and nothing to revive."""
+    """Stands where the single-server world keeps its server: the URL."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
         self.url = "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes)
 
 
-class ClusterRegistryMachine(RegistryMachine):
-    """RegistryMachine on a cluster, with failovers; see the module docstring."""
+class ClusterWorld(World):
+    """The machine's world on a cluster: a cluster URL, a cluster client for raw commands."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         super().__init__(_ClusterHolder(cluster))  # type: ignore[arg-type]
@@ -116,20 +111,30 @@ class ClusterRegistryMachine(RegistryMachine):
                 startup_nodes=seeds, decode_responses=True, socket_timeout=2.0, retry=Retry(NoBackoff(), 3)
             )
         )
-
         # The scripts as the cluster runs them (SPUBLISH where it has sharded pub/sub): _new_history
         # writes with their bodies.
         self.run(self.truth.load_scripts())
 
-    def _revive(self) -> None:
+    def revive(self) -> None:
         # Every fault step restores the cluster before it ends; nothing is left to revive.
         pass
 
-    def _close_all(self) -> None:
+    def close(self) -> None:
         try:
-            self.run(self.admin.client.aclose())  # on the machine's loop, before it closes
+            self.run(self.admin.client.aclose())  # on the world's loop, before it closes
         finally:
-            super()._close_all()
+            super().close()
+
+
+class ClusterRegistryMachine(RegistryMachine):
+    """RegistryMachine on a cluster, with failovers; see the module docstring."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster  # before the base class makes the world
+        super().__init__(_ClusterHolder(cluster))  # type: ignore[arg-type]
+
+    def make_world(self, server: Any) -> World:
+        return ClusterWorld(self.cluster)
 
     # ------------------------------------------------------ single-server faults: off
     # (A plain method of the same name replaces the rule: Hypothesis draws only rules.)
@@ -154,12 +159,12 @@ class ClusterRegistryMachine(RegistryMachine):
 
         async def go() -> None:
             for op in ops:
-                await self._write(op)
+                await steps.write(self.world, op)
             if trim:
                 for pool in POOLS:
-                    await self.admin.xtrim(self.truth.keys.log(pool), maxlen=0, approximate=False)
+                    await self.world.admin.xtrim(self.world.truth.keys.log(pool), maxlen=0, approximate=False)
 
-        self.run(go())
+        self.world.run(go())
 
     @rule()
     @logged
@@ -174,7 +179,7 @@ class ClusterRegistryMachine(RegistryMachine):
     @logged
     def publish_garbage(self, pool: str, garbage: str) -> None:
         TALLY["fault:garbage_event"] += 1
-        channel = self.truth.keys.events(pool)
+        channel = self.world.truth.keys.events(pool)
         owner = self.cluster.primary_for_key(channel)
         verb = "SPUBLISH" if self.cluster.server.sharded_pubsub else "PUBLISH"
         with owner.client() as client:
@@ -214,29 +219,29 @@ class ClusterRegistryMachine(RegistryMachine):
             (replica,) = cluster.replicas_of(owner)
             if how == "kill":
                 for op in ops:
-                    await self._write(op)
+                    await steps.write(self.world, op)
                 await asyncio.to_thread(wait_in_sync, cluster, owner, replica)
                 await asyncio.to_thread(cluster.kill_primary, owner)
             else:
                 hit = [p for p in POOLS if cluster.primary_for_key("{" + p + "}") is owner]
                 await asyncio.to_thread(cut_off_replica, cluster, owner)
-                kept = self.model.copy()
+                kept = self.world.model.copy()
                 try:
                     for op in ops:
-                        await self._write(op)  # acknowledged by the primary alone: to be lost
+                        await steps.write(self.world, op)  # acknowledged by the primary alone: to be lost
                 except BaseException:
                     replica.server.resume()
                     raise
                 # No await on the instances' loop from here until the new history is written.
                 take_over_from_frozen(cluster, owner, replica)
-                restore_pools(self.model, kept, hit)  # the shard's pools are back at the cut
+                restore_pools(self.world.model, kept, hit)  # the shard's pools are back at the cut
                 self._new_history(replica, hit)
                 await asyncio.to_thread(kill_frozen, cluster, owner, replica, timeout=FAILOVER_S)
                 self._history_lost()
             await asyncio.to_thread(cluster.restart, owner)  # rejoins as the new primary's replica
             await self._settle_after_loss(how == "lossy")
 
-        self.run(go())
+        self.world.run(go())
 
     def _new_history(self, primary: LocalNode, pools: list[str]) -> None:
         """Six changes per pool written straight to the new primary (blocking: no instance runs
@@ -251,40 +256,40 @@ class ClusterRegistryMachine(RegistryMachine):
                     load = 0.9 if i % 2 == 0 else 0.0  # each one a change: a new version
                     spec = NodeSpec(node_id=BURST, pool=pool, max_jobs=0, load=load)
                     beat = Heartbeat(pool=pool, node_id=BURST, load=load, spec=spec)
-                    keys, argv = self.truth.args.heartbeat(beat)
-                    body = self.truth.scripts._bodies["heartbeat"]
+                    keys, argv = self.world.truth.args.heartbeat(beat)
+                    body = self.world.truth.scripts._bodies["heartbeat"]
                     reply = client.execute_command("EVAL", body, len(keys), *keys, *argv)
                     got = (int(reply[0]), bool(int(reply[1])), bool(int(reply[2])))
-                    assert got == self.model.heartbeat(pool, BURST, load, None, spec), (
+                    assert got == self.world.model.heartbeat(pool, BURST, load, None, spec), (
                         f"{pool}/{BURST}: {got}"
                     )
         TALLY["new_history_writes"] += 6 * len(pools)
 
     async def _write_after_failover(self, op: Op) -> None:
         """A write right after a failover: its first try may meet the old primary demoted."""
-        await _until(
-            lambda: all(r.mode is not Mode.LOCAL_ONLY for r in self.instances),
+        await until(
+            lambda: all(r.mode is not Mode.LOCAL_ONLY for r in self.world.instances),
             FAILOVER_S,
-            lambda: f"instances out of LOCAL_ONLY: {[r.mode.value for r in self.instances]}",
+            lambda: f"instances out of LOCAL_ONLY: {[r.mode.value for r in self.world.instances]}",
         )
-        await self._write(op)
+        await steps.write(self.world, op)
 
     def _history_lost(self) -> None:
         """Writes the instances saw were lost: versions may go back once, after which the
         per-instance monotonic check starts again (seen after the step settled)."""
-        self.generation += 1
-        self.seen.clear()
+        self.world.generation += 1
+        self.world.seen.clear()
 
     async def _settle_after_loss(self, lossy: bool) -> None:
         """Every instance back to NORMAL and, after a loss, holding exactly what Redis holds."""
-        await _until(
-            lambda: all(r.mode is Mode.NORMAL and r.caught_up() for r in self.instances),
+        await until(
+            lambda: all(r.mode is Mode.NORMAL and r.caught_up() for r in self.world.instances),
             FAILOVER_S,
-            lambda: f"instances caught up after the failover: {[r.mode.value for r in self.instances]}",
+            lambda: f"instances caught up after the failover: {[r.mode.value for r in self.world.instances]}",
         )
         if lossy:
-            await self._settle()  # every instance exactly Redis, Redis exactly the model
+            await checks.settle(self.world)  # every instance exactly Redis, Redis exactly the model
             TALLY["loss_repaired"] += 1
-            for r in self.instances:
+            for r in self.world.instances:
                 for pool in POOLS:
-                    assert records_of(r.cached_nodes(pool)) == self.model.records(pool)
+                    assert records_of(r.cached_nodes(pool)) == self.world.model.records(pool)
