@@ -60,8 +60,9 @@ from lockless.protocol import (
     place,
 )
 from lockless.redis.keys import KeySpace
+from lockless.redis.pool_reader import LogRead, PoolListing
 from lockless.redis.scripts import ALL as SCRIPTS
-from lockless.redis.store import LogRead, PoolListing, RedisStore
+from lockless.redis.store import RedisStore
 from lockless.registry import LocklessRegistry, RegistryState
 
 __all__ = [

@@ -46,7 +46,8 @@ from lockless.reaper import Reaper
 from lockless.redis.cluster_subscriber import ClusterSubscriber
 from lockless.redis.store import RedisStore
 from lockless.redis.subscriber import Subscriber
-from lockless.sync import PoolSync, Recover, RelistPool
+from lockless.sync import PoolSync
+from lockless.work import Recover, RelistPool
 from lockless.writes import WritePath
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass, field
 
 from lockless.clock import Clock
 from lockless.config import SubscriberConfig
@@ -42,46 +41,14 @@ from lockless.core.snapshot import ChangeEvent, parse_event
 from lockless.errors import MalformedRecord, RedisUnavailable
 from lockless.health import Domain, Fact, HealthMonitor
 from lockless.metrics import Metrics
-from lockless.redis.store import PoolPosition, RedisStore
+from lockless.probe import PoolProbe
+from lockless.redis.pool_reader import PoolPosition
+from lockless.redis.store import RedisStore
+from lockless.work import EventArrived, Recover, RelistPool, RepairPool, Work
 
 log = logging.getLogger("lockless.registry")
 
 
-@dataclass(frozen=True, slots=True)
-class EventArrived:
-    """A message from the subscription, raw (decoded by the applier)."""
-
-    channel: str
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RelistPool:
-    """Re-read a whole pool; ``done`` resolves when it is installed (for callers that wait)."""
-
-    pool: str
-    done: asyncio.Future[None] | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class RepairPool:
-    """Bring one pool up to Redis: catch up from its log if possible, else relist."""
-
-    pool: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Recover:
-    """After an outage or a reconnect: replay the journal, repair the pools, then CAUGHT_UP.
-
-    ``pools``: the pools concerned (None: all); their whole mode domains are recovered."""
-
-    reason: str
-    pools: frozenset[str] | None = None
-
-
-Work = EventArrived | RelistPool | RepairPool | Recover
 
 
 class PoolSync:
@@ -117,6 +84,17 @@ class PoolSync:
         self._recovering: set[int] = set()
         # False while the applier works on an item (see on_message's fast path).
         self._idle = False
+        self._probe = PoolProbe(
+            pools=self._pools,
+            store=store,
+            l1=l1,
+            health=health,
+            sequencer=self.sequencer,
+            metrics=metrics,
+            request=self.request,
+            queue_empty=self._queue.empty,
+            stream_up=stream_up,
+        )
 
     def request(self, work: Work) -> None:
         """Queue work for the applier."""
@@ -371,40 +349,8 @@ class PoolSync:
     # ------------------------------------------------------------------ probe
     async def probe(self, pools: Collection[str] | None = None) -> None:
         """Read the seq and epoch of ``pools`` (None: all): Redis liveness, lost data, and events
-        lost silently; each mode domain is judged on its own pools' answers."""
-        probed = sorted(self._pools if pools is None else set(pools) & self._pools)
-        high_waters = {pool: self._l1.high_water(pool) for pool in probed}
-        # With each position, Redis's log entry at our last seq: is it the write we applied?
-        states = await self._store.positions_each({p: self.sequencer.last_seq(p) for p in probed})
-        for domain in self._health.domains_of(probed):
-            mine = [p for p in probed if p in domain.pools]
-            failed = next((s for p in mine if isinstance(s := states[p], RedisUnavailable)), None)
-            if failed is not None:
-                self._health.report(Fact.REDIS_FAILED, f"probe: {failed}", domain.pools)
-                continue
-            self._health.report(Fact.REDIS_ANSWERED, pools=domain.pools)
-            if domain.mode is not Mode.NORMAL:
-                if domain.mode is Mode.L2_ONLY and self._stream_up_all(domain) and self._queue.empty():
-                    self.request(Recover("probe found the stream healthy", domain.pools))
-                continue
-            for pool in mine:
-                position = states[pool]
-                assert isinstance(position, PoolPosition)
-                if self.sequencer.diverged(pool, position.seq, position.mark, position.at):
-                    self._metrics.inc("history_diverged")
-                verdict = self.sequencer.probe(
-                    pool, position.seq, position.epoch, high_waters[pool], position.mark, position.at
-                )
-                if verdict is Verdict.LOST_DATA:
-                    lost = frozenset({pool})
-                    self._health.report(
-                        Fact.DATA_LOST, f"pool {pool} lost its data (epoch, seq or history went back)", lost
-                    )
-                    self.request(Recover(f"pool {pool} relisted after a loss of data", lost))
-                elif verdict is Verdict.STALLED:
-                    self._metrics.inc("gaps")
-                    self.request(RepairPool(pool, f"{pool} behind Redis at two probes in a row"))
-
+        lost silently; each mode domain is judged on its own pools' answers (``probe.py``)."""
+        await self._probe.run(pools)
 
 def _pools_of(work: Work, pool_of_channel: Callable[[str], str | None]) -> frozenset[str] | None:
     """The pools a work item concerns (None: every pool)."""

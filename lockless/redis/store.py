@@ -29,16 +29,14 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
 
 from lockless.config import NodeLifecycleConfig, RedisConfig
 from lockless.core.commands import Heartbeat, JobFinish, JobStart, Register, Remove, WriteCommand
-from lockless.core.snapshot import ChangeEvent, NodeSnapshot, NodeSpec, parse_event, parse_node_hash
+from lockless.core.snapshot import NodeSnapshot, NodeSpec, parse_node_hash
 from lockless.errors import MalformedRecord, RedisUnavailable
 from lockless.metrics import Metrics
 from lockless.protocol import Admission, HeartbeatResult
@@ -46,56 +44,11 @@ from lockless.redis import scripts
 from lockless.redis.client import guarded
 from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
+from lockless.redis.pool_reader import LogRead, PoolListing, PoolPosition, PoolReader
 from lockless.redis.runner import ScriptRunner
 from lockless.redis.scripts import ScriptArgs
 
 log = logging.getLogger("lockless.store")
-
-
-@dataclass(frozen=True, slots=True)
-class PoolListing:
-    """A relist of one pool: ``seq`` read first, then every alive node's record."""
-
-    pool: str
-    seq: int
-    epoch: str | None
-    nodes: tuple[NodeSnapshot, ...]
-    #: Nodes whose record did not decode (counted and logged by the caller, never served).
-    malformed: tuple[MalformedRecord, ...] = ()
-    #: The mark (``ts_us``) of the log entry at ``seq``: which write that seq is (None: unknown).
-    mark: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PoolPosition:
-    """Where a pool is in Redis: ``seq``, ``epoch``, and the mark of the log entry at a seq asked about."""
-
-    seq: int
-    epoch: str | None
-    #: The ``ts_us`` of the write the log holds at seq ``at`` (None: none asked, or no entry).
-    mark: int | None = None
-    #: The seq whose log entry was asked about (None: none).
-    at: int | None = None
-
-
-def entry_mark(entries: Sequence[Any]) -> int | None:
-    """The mark of the first of ``XRANGE`` entries (None if none, or if it does not decode)."""
-    if not entries:
-        return None
-    try:
-        event = parse_event(entries[0][1].get("e", ""))
-    except MalformedRecord:
-        return None
-    return event.ts_us
-
-
-@dataclass(frozen=True, slots=True)
-class LogRead:
-    """Entries read from a pool log; ``complete`` is False if the log no longer holds ``from_seq``."""
-
-    events: tuple[ChangeEvent, ...]
-    complete: bool
-    malformed: tuple[MalformedRecord, ...] = ()
 
 
 #: What ``job_finish`` answers: (released, node version, current_jobs); version 0 = unknown node.
@@ -142,7 +95,7 @@ class RedisStore:
             wait_replicas=redis_config.wait_replicas,
             wait_timeout_ms=redis_config.wait_timeout_ms,
         )
-        self._slots: dict[str, int] = {}
+        self.reader = PoolReader(self.client, self.keys, self.metrics, self.cluster)
 
     @staticmethod
     def make_client(cfg: RedisConfig, **overrides: Any) -> aioredis.Redis:
@@ -169,14 +122,11 @@ class RedisStore:
     # -------------------------------------------------------------- cluster
     def slot(self, pool: str) -> int:
         """The cluster slot of every key of ``pool`` (they share its hash tag)."""
-        slot = self._slots.get(pool)
-        if slot is None:
-            slot = self._slots[pool] = key_slot(self.keys.seq(pool).encode())
-        return slot
+        return self.reader.slot(pool)
 
     async def _cluster_run(self, pool: str, commands: list[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
         assert self.cluster is not None
-        return await self.cluster.execute(self.slot(pool), commands, **kwargs)
+        return await self.reader.on_pool(pool, commands, **kwargs)
 
     async def _guarded(self, what: str, fn: Any) -> Any:
         return await guarded(what, fn, self.metrics)
@@ -324,211 +274,44 @@ class RedisStore:
 
     # ---------------------------------------------------------------- reads
     async def get_node(self, pool: str, node_id: str) -> NodeSnapshot | None:
-        """One record (``HGETALL``); None if absent. Raises MalformedRecord if it does not decode."""
-        found = await self.get_nodes(pool, [node_id])
-        value = found[node_id]
-        if isinstance(value, MalformedRecord):
-            raise value
-        return value
+        """One record; None if absent. Raises MalformedRecord if it does not decode."""
+        return await self.reader.get_node(pool, node_id)
 
     async def get_nodes(
         self, pool: str, node_ids: Sequence[str]
     ) -> dict[str, NodeSnapshot | MalformedRecord | None]:
-        """Several records in one pipelined round trip; a bad record maps to its MalformedRecord."""
-        if not node_ids:
-            return {}
-
-        async def run() -> list:
-            if self.cluster is not None:
-                commands = [("HGETALL", self.keys.node(pool, node_id)) for node_id in node_ids]
-                replies = await self._cluster_run(pool, commands, raise_on_error=False)
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for node_id in node_ids:
-                    pipe.hgetall(self.keys.node(pool, node_id))
-                # One bad key (WRONGTYPE: clobbered by another program) must not fail the rest;
-                # any other error (BUSY, LOADING, ...) is the server's and fails the call.
-                replies = await pipe.execute(raise_on_error=False)
-            for reply in replies:
-                if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
-                    raise reply
-            return replies
-
-        what = "HGETALL" if len(node_ids) == 1 else f"HGETALL x{len(node_ids)}"
-        replies = await self._guarded(what, run)
-        out: dict[str, NodeSnapshot | MalformedRecord | None] = {}
-        for node_id, raw in zip(node_ids, replies, strict=True):
-            if isinstance(raw, ResponseError):
-                out[node_id] = MalformedRecord(node_id, "(key)", "holds another type than a hash")
-                continue
-            try:
-                out[node_id] = parse_node_hash(pool, node_id, raw) if raw else None
-            except MalformedRecord as exc:
-                out[node_id] = exc
-        return out
+        """Several records in one round trip; a bad record maps to its MalformedRecord."""
+        return await self.reader.get_nodes(pool, node_ids)
 
     async def pool_state(self, pool: str) -> tuple[int, str | None]:
-        """The pool's current ``seq`` (0 if none) and ``epoch`` (None if the pool has none)."""
-
-        async def run() -> list:
-            if self.cluster is not None:
-                return await self._cluster_run(
-                    pool, [("GET", self.keys.seq(pool)), ("GET", self.keys.epoch(pool))]
-                )
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(self.keys.seq(pool))
-            pipe.get(self.keys.epoch(pool))
-            return await pipe.execute()
-
-        seq, epoch = await self._guarded("GET seq/epoch", run)
-        return int(seq or 0), epoch
+        """The pool's ``seq`` (0 if none) and ``epoch`` (None if none)."""
+        return await self.reader.pool_state(pool)
 
     async def pool_states(self, pools: Sequence[str]) -> dict[str, tuple[int, str | None]]:
-        """``pool_state`` of several pools in one round trip (the registry's liveness probe)."""
-        if self.cluster is not None:
-            states = await self.pool_states_each(pools)
-            for state in states.values():
-                if isinstance(state, RedisUnavailable):
-                    raise state
-            return states  # type: ignore[return-value]
-
-        async def run() -> list:
-            pipe = self.client.pipeline(transaction=False)
-            for pool in pools:
-                pipe.get(self.keys.seq(pool))
-                pipe.get(self.keys.epoch(pool))
-            return await pipe.execute()
-
-        flat = await self._guarded("GET seq/epoch", run)
-        return {pool: (int(flat[2 * i] or 0), flat[2 * i + 1]) for i, pool in enumerate(pools)}
-
-    async def positions(self, at: dict[str, int | None]) -> dict[str, PoolPosition]:
-        """Each pool's ``seq`` and ``epoch`` and the mark of its log entry at ``at[pool]`` (if not None),
-        in one round trip on one server (one per pool, at once, on a cluster; the first failure raised)."""
-        found = await self.positions_each(at)
-        for value in found.values():
-            if isinstance(value, RedisUnavailable):
-                raise value
-        return found  # type: ignore[return-value]
-
-    async def positions_each(self, at: dict[str, int | None]) -> dict[str, PoolPosition | RedisUnavailable]:
-        """:meth:`positions`, each pool answered or failed on its own (one server: all or none)."""
-        pools = list(at)
-
-        def commands(pool: str) -> list[tuple[Any, ...]]:
-            out: list[tuple[Any, ...]] = [("GET", self.keys.seq(pool)), ("GET", self.keys.epoch(pool))]
-            if at[pool] is not None:
-                out.append(("XRANGE", self.keys.log(pool), f"{at[pool]}-0", f"{at[pool]}-0"))
-            return out
-
-        def position(pool: str, replies: Sequence[Any]) -> PoolPosition:
-            mark = entry_mark(replies[2]) if len(replies) > 2 else None
-            return PoolPosition(seq=int(replies[0] or 0), epoch=replies[1], mark=mark, at=at[pool])
-
-        if self.cluster is None:
-
-            async def run() -> list[Any]:
-                pipe = self.client.pipeline(transaction=False)
-                for pool in pools:
-                    for command in commands(pool):
-                        pipe.execute_command(*command)
-                return await pipe.execute()
-
-            try:
-                flat = await self._guarded("GET seq/epoch", run)
-            except RedisUnavailable as exc:
-                return dict.fromkeys(pools, exc)
-            out: dict[str, PoolPosition | RedisUnavailable] = {}
-            for pool in pools:
-                n = len(commands(pool))
-                out[pool], flat = position(pool, flat[:n]), flat[n:]
-            return out
-
-        async def one(pool: str) -> PoolPosition:
-            replies = await self._guarded("GET seq/epoch", lambda: self._cluster_run(pool, commands(pool)))
-            return position(pool, replies)
-
-        results = await asyncio.gather(*(one(p) for p in pools), return_exceptions=True)
-        found: dict[str, PoolPosition | RedisUnavailable] = {}
-        for pool, result in zip(pools, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, RedisUnavailable):
-                raise result
-            found[pool] = result
-        return found
+        """``pool_state`` of several pools (one round trip on one server)."""
+        return await self.reader.pool_states(pools)
 
     async def pool_states_each(
         self, pools: Sequence[str]
     ) -> dict[str, tuple[int, str | None] | RedisUnavailable]:
-        """``pool_state`` of several pools, each answered or failed on its own (on a cluster, pools
-        on a healthy shard answer while another shard is down); one server: all or none."""
-        if self.cluster is None:
-            try:
-                return dict(await self.pool_states(pools))
-            except RedisUnavailable as exc:
-                return dict.fromkeys(pools, exc)
-        results = await asyncio.gather(*(self.pool_state(p) for p in pools), return_exceptions=True)
-        out: dict[str, tuple[int, str | None] | RedisUnavailable] = {}
-        for pool, result in zip(pools, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, RedisUnavailable):
-                raise result
-            out[pool] = result
-        return out
+        """``pool_states``, each pool answered or failed on its own (on a cluster)."""
+        return await self.reader.pool_states_each(pools)
+
+    async def positions(self, at: dict[str, int | None]) -> dict[str, PoolPosition]:
+        """Each pool's seq, epoch and the mark of its log entry at ``at[pool]``."""
+        return await self.reader.positions(at)
+
+    async def positions_each(self, at: dict[str, int | None]) -> dict[str, PoolPosition | RedisUnavailable]:
+        """:meth:`positions`, each pool answered or failed on its own (on a cluster)."""
+        return await self.reader.positions_each(at)
 
     async def relist(self, pool: str, *, batch: int = 1000) -> PoolListing:
-        """Read ``seq`` first, then every alive node (ZRANGE + pipelined HGETALL) (DESIGN.md section 5.3)."""
-        seq, epoch = await self.pool_state(pool)
-        # With the ids, the log entry at seq: which write seq is (the sequencer's mark).
-        commands: list[tuple[Any, ...]] = [
-            ("ZRANGE", self.keys.alive(pool), 0, -1),
-            ("XRANGE", self.keys.log(pool), f"{seq}-0", f"{seq}-0"),
-        ]
-        if self.cluster is not None:
-            ids, head = await self._guarded("ZRANGE alive", lambda: self._cluster_run(pool, commands))
-        else:
-
-            async def run() -> list[Any]:
-                pipe = self.client.pipeline(transaction=False)
-                for command in commands:
-                    pipe.execute_command(*command)
-                return await pipe.execute()
-
-            ids, head = await self._guarded("ZRANGE alive", run)
-        nodes: list[NodeSnapshot] = []
-        malformed: list[MalformedRecord] = []
-        for start in range(0, len(ids), batch):
-            for value in (await self.get_nodes(pool, ids[start : start + batch])).values():
-                if isinstance(value, MalformedRecord):
-                    malformed.append(value)
-                elif value is not None:
-                    nodes.append(value)
-        return PoolListing(
-            pool=pool,
-            seq=seq,
-            epoch=epoch,
-            nodes=tuple(nodes),
-            malformed=tuple(malformed),
-            mark=entry_mark(head),
-        )
+        """``seq`` first, then every alive node's record (DESIGN.md section 5.3)."""
+        return await self.reader.relist(pool, batch=batch)
 
     async def read_log(self, pool: str, from_seq: int, *, count: int = 1000) -> LogRead:
-        """Entries with seq >= ``from_seq`` (up to ``count``); incomplete if ``from_seq`` was trimmed."""
-        if self.cluster is not None:
-            command = ("XRANGE", self.keys.log(pool), f"{from_seq}-0", "+", "COUNT", count)
-            (entries,) = await self._guarded("XRANGE", lambda: self._cluster_run(pool, [command]))
-        else:
-            entries = await self._guarded(
-                "XRANGE", lambda: self.client.xrange(self.keys.log(pool), min=f"{from_seq}-0", count=count)
-            )
-        if not entries or entries[0][0] != f"{from_seq}-0":
-            return LogRead(events=(), complete=False)
-        events: list[ChangeEvent] = []
-        malformed: list[MalformedRecord] = []
-        for _entry_id, fields in entries:
-            try:
-                events.append(parse_event(fields.get("e", "")))
-            except MalformedRecord as exc:
-                malformed.append(exc)
-        return LogRead(events=tuple(events), complete=True, malformed=tuple(malformed))
+        """Log entries with seq >= ``from_seq``; incomplete if ``from_seq`` was trimmed."""
+        return await self.reader.read_log(pool, from_seq, count=count)
 
     async def ping(self) -> float:
         """Round trip of one PING, seconds (on a cluster: to the first seed)."""
