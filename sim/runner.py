@@ -48,7 +48,15 @@ from typing import Any
 
 import psutil
 
-from lockless import ConfigError, Heartbeat, LocklessError, RedisStore, Registry, RegistryConfig
+from lockless import (
+    ConfigError,
+    Heartbeat,
+    LocklessError,
+    RedisStore,
+    Registry,
+    RegistryConfig,
+    cancel_and_wait,
+)
 from sim.acks import AckingRegistry, AckingSink
 from sim.architectures import build
 from sim.bridge import Bridge
@@ -281,9 +289,7 @@ async def shard_phase(
         rec.event(bridge.now(), "phase_end", arch)
         return rec
     finally:
-        for task in monitors:
-            task.cancel()
-        await asyncio.gather(*monitors, return_exceptions=True)
+        await cancel_and_wait(monitors)  # a single cancel() can be swallowed by redis-py's wait_for
         closed = await asyncio.gather(*(_close(r) for r in registries.values()), return_exceptions=True)
         if rec is not None:
             rec.count("close_timeouts", sum(1 for ok in closed if ok is not True))
