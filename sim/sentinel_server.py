@@ -263,6 +263,11 @@ class SentinelGroup:
 
     def _fail_over(self, fault: str, inject: Callable[[RedisServer], None], timeout: float) -> Failover:
         with self._lock:
+            if self._demoted is not None:
+                raise SentinelError(
+                    f"{fault}_primary: {self._demoted} (the old primary) is not back yet, so there is no "
+                    "replica to promote; call restart_old_primary() first"
+                )
             deadline = time.monotonic() + timeout
             old = self._wait_agreed_primary(deadline)
             name, node = self._node_at(old)

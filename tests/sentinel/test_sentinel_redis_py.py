@@ -47,7 +47,13 @@ async def sentinel(sentinel_group: SentinelGroup) -> AsyncIterator[Sentinel]:
         retry=Retry(NoBackoff(), 0),
     )
     yield client
-    await client.aclose()
+    await close_sentinel(client)
+
+
+async def close_sentinel(client: Sentinel) -> None:
+    # Sentinel.aclose() exists in redis-py 8.1, not in 6.0; closing its clients works on both.
+    for sentinel_client in client.sentinels:
+        await sentinel_client.aclose()
 
 
 @pytest.fixture
@@ -113,7 +119,7 @@ async def test_url_form_reaches_the_same_primary(sentinel_group: SentinelGroup) 
         assert master.connection_pool.connection_kwargs["socket_timeout"] == 0.5
     finally:
         await master.aclose()
-        await client.aclose()
+        await close_sentinel(client)
 
 
 @pytest.mark.usefixtures("restore")
@@ -122,7 +128,8 @@ async def test_kill_commands_and_pubsub_follow_the_new_primary(
 ) -> None:
     service = sentinel_group.service_name
     master = sentinel.master_for(service)
-    subscriber = await subscribed(sentinel.master_for(service), "sentinel:events")
+    subscriber_client = sentinel.master_for(service)
+    subscriber = await subscribed(subscriber_client, "sentinel:events")
     try:
         await master.set("sentinel:acked", "1")
         assert await master.wait(1, 2000) == 1
@@ -168,6 +175,7 @@ async def test_kill_commands_and_pubsub_follow_the_new_primary(
         assert await master.wait(1, 2000) == 1
     finally:
         await subscriber.aclose()
+        await subscriber_client.aclose()
         await master.aclose()
 
 
@@ -177,7 +185,8 @@ async def test_pause_leaves_the_subscriber_silent_on_the_frozen_primary(
 ) -> None:
     service = sentinel_group.service_name
     master = sentinel.master_for(service)
-    subscriber = await subscribed(sentinel.master_for(service), "sentinel:events")
+    subscriber_client = sentinel.master_for(service)
+    subscriber = await subscribed(subscriber_client, "sentinel:events")
     try:
         assert await master.ping()
         failover = await asyncio.to_thread(sentinel_group.pause_primary)
@@ -203,6 +212,7 @@ async def test_pause_leaves_the_subscriber_silent_on_the_frozen_primary(
         assert (await next_message(subscriber))["data"] == b"after-resume"  # not b"lost"
     finally:
         await subscriber.aclose()
+        await subscriber_client.aclose()
         await master.aclose()
 
 
@@ -216,6 +226,8 @@ def test_errors_name_the_process_and_the_step(sentinel_group: SentinelGroup) -> 
         message = str(caught.value)
         assert f"primary {primary[0]}:{primary[1]}" in message and "not completed within 0.2 s" in message
         assert "sentinel-1:" in message and "sentinel-1 log tail" in message
+        with pytest.raises(SentinelError, match="no replica to promote; call restart_old_primary"):
+            sentinel_group.pause_primary()
     finally:
         sentinel_group.restart_old_primary()  # waits out the failover, then rejoins the old primary
     assert sentinel_group.primary_address() != primary
