@@ -44,7 +44,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from sim.redis_server import _NO_SETINFO, RedisServer, RedisServerError
+from sim.redis_server import _NO_SETINFO, RedisServer, RedisServerError, ServerBinary, ServerKind, find_server
 
 __all__ = ["Failover", "SentinelError", "SentinelGroup"]
 
@@ -86,15 +86,16 @@ class SentinelGroup:
     ...     group.restart_old_primary()
 
     ``down_after_ms`` and ``failover_timeout_ms`` are the Sentinel settings of the same
-    names, short by default so a failover takes seconds. ``binary`` is any redis-server
-    or valkey-server with Sentinel (default: :func:`sim.redis_server.find_redis_server`).
+    names, short by default so a failover takes seconds. ``server`` is the binary for all
+    five processes, as :class:`~sim.redis_server.RedisServer` takes it (``None``:
+    ``LOCKLESS_SERVER``); redis-server 6.2 and valkey-server 9.1 both work.
     """
 
     def __init__(
         self,
         *,
         service_name: str = "lockless",
-        binary: str | None = None,
+        server: ServerBinary | ServerKind | str | None = None,
         sentinels: int = 3,
         quorum: int = 2,
         down_after_ms: int = 1000,
@@ -110,6 +111,7 @@ class SentinelGroup:
                 f"down_after_ms/failover_timeout_ms: got {down_after_ms}/{failover_timeout_ms}; "
                 "allowed: down_after_ms >= 100, failover_timeout_ms >= 1000"
             )
+        self._server = server if isinstance(server, ServerBinary) else find_server(server)
         self.service_name = service_name
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
@@ -119,12 +121,12 @@ class SentinelGroup:
         # wait for more replicas to join a diskless transfer (Redis 7 and Valkey default).
         data_args = ("--repl-diskless-sync-delay", "0")
         self._nodes = {
-            name: RedisServer(binary=binary, workdir=self._root / name, extra_args=data_args)
+            name: RedisServer(server=self._server, workdir=self._root / name, extra_args=data_args)
             for name in ("node-a", "node-b")
         }
         self._sentinels = [
             RedisServer(
-                binary=binary,
+                server=self._server,
                 workdir=self._root / f"sentinel-{i + 1}",
                 config_file=self._root / f"sentinel-{i + 1}" / "sentinel.conf",
                 extra_args=("--sentinel",),
@@ -136,6 +138,11 @@ class SentinelGroup:
         _LIVE.add(self)  # the workdirs exist from here on
 
     # -- addresses --------------------------------------------------------------------------------
+
+    @property
+    def server(self) -> ServerBinary:
+        """The binary every process of the group runs."""
+        return self._server
 
     @property
     def sentinel_addresses(self) -> list[Address]:

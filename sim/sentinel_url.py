@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from redis.asyncio.connection import parse_url
 
-from lockless.errors import ConfigError
+from lockless import ConfigError
 
 __all__ = ["SCHEMES", "SentinelUrl", "parse_sentinel_url"]
 

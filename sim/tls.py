@@ -8,7 +8,7 @@ To the client it is a TLS Redis: the handshake, certificate verification and hos
 check happen exactly as against ``redis-server --tls-port``.
 
 When the ``redis-server`` on ``PATH`` *was* built with TLS, the same tests can also run
-against it directly: :func:`probe_native_tls` starts it with a TLS port and answers
+against it directly: :func:`probe_native_tls` starts a binary with a TLS port and answers
 whether a TLS ``PING`` works (the only reliable test: a build without TLS rejects
 ``tls-port`` as a bad directive (6.x) or exits with "Failed finding TLS support" (7.x,
 Valkey), and ``--version`` says nothing either way). :func:`native_tls_args` gives the
@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sim.redis_server import RedisServer, RedisServerError, _free_port
+from sim.redis_server import RedisServer, RedisServerError, ServerBinary, _free_port
 
 __all__ = ["NativeTlsProbe", "TlsFiles", "TlsProxy", "native_tls_args", "probe_native_tls"]
 
@@ -345,40 +345,40 @@ def native_tls_args(tls_port: int, files: TlsFiles, *, ca_certs: Path) -> list[s
 
 @dataclass(frozen=True, kw_only=True)
 class NativeTlsProbe:
-    """Whether a redis-server binary serves TLS, and why not if it does not."""
+    """Whether a server binary serves TLS, and why not if it does not."""
 
-    binary: str
-    version: str
+    server: ServerBinary
     supported: bool
     reason: str
     """Unsupported: the server's own words (e.g. "Bad directive ..."); supported: "TLS PING answered"."""
 
 
-def probe_native_tls(binary: str, files: TlsFiles, *, ca_certs: Path, timeout: float = 5.0) -> NativeTlsProbe:
-    """Start ``binary`` with a TLS port and check that a verified TLS ``PING`` gets ``PONG``.
+def probe_native_tls(
+    server: ServerBinary, files: TlsFiles, *, ca_certs: Path, timeout: float = 5.0
+) -> NativeTlsProbe:
+    """Start ``server`` with a TLS port and check that a verified TLS ``PING`` gets ``PONG``.
 
     ``files`` must hold a server certificate for 127.0.0.1 issued by ``ca_certs``. The
     server is stopped before returning. Costs one server start (tens of ms).
     """
     tls_port = _free_port()
-    server = RedisServer(binary=binary, extra_args=native_tls_args(tls_port, files, ca_certs=ca_certs))
-    version = server.version
+    process = RedisServer(server=server, extra_args=native_tls_args(tls_port, files, ca_certs=ca_certs))
     try:
         try:
-            server.start(timeout=timeout)
+            process.start(timeout=timeout)
         except RedisServerError as exc:
-            return NativeTlsProbe(binary=binary, version=version, supported=False, reason=_why(str(exc)))
+            return NativeTlsProbe(server=server, supported=False, reason=_why(str(exc)))
         try:
             answer = _tls_ping(tls_port, ca_certs, timeout)
         except OSError as exc:
             reason = f"started, but a TLS PING failed: {type(exc).__name__}: {exc}"
-            return NativeTlsProbe(binary=binary, version=version, supported=False, reason=reason)
+            return NativeTlsProbe(server=server, supported=False, reason=reason)
         supported = answer.startswith(b"+PONG")
         reason = "TLS PING answered" if supported else f"TLS PING got {answer!r}"
-        return NativeTlsProbe(binary=binary, version=version, supported=supported, reason=reason)
+        return NativeTlsProbe(server=server, supported=supported, reason=reason)
     finally:
-        server.kill()
-        server.cleanup()
+        process.kill()
+        process.cleanup()
 
 
 def _tls_ping(port: int, ca_certs: Path, timeout: float) -> bytes:

@@ -1,8 +1,9 @@
-"""How long a local Sentinel failover takes (issue 14), per server flavor and fault.
+"""How long a local Sentinel failover takes (issue 14), per server and fault.
 
-Run: ``python -m tests.bench.sentinel_failover_bench [--failovers 10] [--flavor redis]``
+Run: ``python -m tests.bench.sentinel_failover_bench [--failovers 10] [--server valkey]``
 
-One :class:`sim.sentinel_server.SentinelGroup` per flavor (default settings:
+One :class:`sim.sentinel_server.SentinelGroup` per server kind, both embedded ones by
+default (default settings:
 ``down_after_ms`` 1000, ``failover_timeout_ms`` 2000). For each fault, ``kill``
 (SIGKILL) and ``pause`` (SIGSTOP), it fails the primary over ``--failovers`` times,
 bringing the old primary back as a replica after each, and prints the time from the
@@ -22,8 +23,8 @@ import platform
 import statistics
 import time
 
+from sim.redis_server import ServerKind, find_server
 from sim.sentinel_server import SentinelGroup
-from tests.sentinel.conftest import server_flavors
 
 
 def _summary(values: list[float]) -> str:
@@ -34,15 +35,17 @@ def _summary(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--failovers", type=int, default=10, help="failovers per flavor and fault (10)")
-    flavors = sorted(server_flavors())
-    parser.add_argument("--flavor", choices=flavors, help="one flavor only (default: every one found)")
+    kinds = [k.value for k in ServerKind]
+    parser.add_argument(
+        "--server", choices=kinds, action="append", help="server kind, repeatable (default: redis, valkey)"
+    )
     args = parser.parse_args()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, load {load}")
-    for flavor, binary in sorted(server_flavors().items()):
-        if args.flavor and flavor != args.flavor:
-            continue
-        with SentinelGroup(binary=binary) as group:
+    for kind in args.server or [ServerKind.REDIS.value, ServerKind.VALKEY.value]:
+        server = find_server(kind)
+        flavor = str(server)
+        with SentinelGroup(server=server) as group:
             for fault in ("kill", "pause"):
                 first, every, restart = [], [], []
                 for _ in range(args.failovers):

@@ -31,6 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 
+from sim.redis_server import ServerBinary
 from sim.sentinel_server import Failover, SentinelError, SentinelGroup
 from sim.sentinel_url import parse_sentinel_url
 
@@ -79,10 +80,10 @@ async def next_message(pubsub: PubSub, timeout: float = 5.0) -> dict:
     return message
 
 
-def report(failover: Failover, flavor: str) -> None:
+def report(failover: Failover, server: str) -> None:
     moved = f"{failover.old_primary[1]} -> {failover.new_primary[1]}"
     print(
-        f"\n[{flavor}] {failover.fault} -> promoted: first sentinel {failover.first_sentinel_s:.2f} s, "
+        f"\n[{server}] {failover.fault} -> promoted: first sentinel {failover.first_sentinel_s:.2f} s, "
         f"all sentinels {failover.all_sentinels_s:.2f} s (port {moved})"
     )
 
@@ -124,7 +125,7 @@ async def test_url_form_reaches_the_same_primary(sentinel_group: SentinelGroup) 
 
 @pytest.mark.usefixtures("restore")
 async def test_kill_commands_and_pubsub_follow_the_new_primary(
-    sentinel_group: SentinelGroup, sentinel: Sentinel, sentinel_flavor: str
+    sentinel_group: SentinelGroup, sentinel: Sentinel, server_binary: ServerBinary
 ) -> None:
     service = sentinel_group.service_name
     master = sentinel.master_for(service)
@@ -144,7 +145,7 @@ async def test_kill_commands_and_pubsub_follow_the_new_primary(
                 window_errors.append(exc)
             await asyncio.sleep(0.05)
         failover = await failover_task
-        report(failover, sentinel_flavor)
+        report(failover, str(server_binary))
         assert window_errors, "the dead primary was never noticed"
         assert all(isinstance(e, redis.ConnectionError) for e in window_errors), window_errors
         print(f"  errors in the window: {sorted({type(e).__name__ for e in window_errors})}")
@@ -181,7 +182,7 @@ async def test_kill_commands_and_pubsub_follow_the_new_primary(
 
 @pytest.mark.usefixtures("restore")
 async def test_pause_leaves_the_subscriber_silent_on_the_frozen_primary(
-    sentinel_group: SentinelGroup, sentinel: Sentinel, sentinel_flavor: str
+    sentinel_group: SentinelGroup, sentinel: Sentinel, server_binary: ServerBinary
 ) -> None:
     service = sentinel_group.service_name
     master = sentinel.master_for(service)
@@ -190,7 +191,7 @@ async def test_pause_leaves_the_subscriber_silent_on_the_frozen_primary(
     try:
         assert await master.ping()
         failover = await asyncio.to_thread(sentinel_group.pause_primary)
-        report(failover, sentinel_flavor)
+        report(failover, str(server_binary))
 
         # Commands: the pooled connection to the frozen primary times out once, then the pool follows.
         with pytest.raises(redis.TimeoutError):

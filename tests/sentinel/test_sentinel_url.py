@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aredis
 
-from lockless.errors import ConfigError
+from lockless import ConfigError
 from sim.sentinel_url import parse_sentinel_url
 
 

