@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -33,7 +34,10 @@ from typing import Any
 
 from sim.redis_server import RedisServer, RedisServerError, ServerBinary, _free_port
 
-__all__ = ["NativeTlsProbe", "TlsFiles", "TlsProxy", "native_tls_args", "probe_native_tls"]
+__all__ = ["REFUSALS", "NativeTlsProbe", "TlsFiles", "TlsProxy", "native_tls_args", "probe_native_tls"]
+
+REFUSALS = ("alert", "reset")
+"""How :class:`TlsProxy` may end a failed handshake (its ``refusal`` argument)."""
 
 _HOST = "127.0.0.1"
 _CHUNK = 65536
@@ -57,11 +61,18 @@ class TlsProxy:
     """Terminate TLS on ``127.0.0.1:<port>`` and forward plaintext to ``target_host:target_port``.
 
     Each accepted connection is handshaken by the proxy first (so a failed handshake never
-    reaches Redis and is recorded in :attr:`handshake_failures`; the client gets the same
-    TLS alert an OpenSSL server sends), then gets its own upstream connection and two copy
-    loops. Either side closing closes the other: a client sees
+    reaches Redis and is recorded in :attr:`handshake_failures`), then gets its own upstream
+    connection and two copy loops. Either side closing closes the other: a client sees
     the server's death as EOF, and Redis sees a client that went away. Pub/sub works
     unchanged, since the proxy copies bytes and never parses RESP.
+
+    ``refusal`` is how a failed handshake ends. ``"alert"`` (default): the TLS alert
+    OpenSSL writes (e.g. "certificate required") is sent, then the socket closes, so the
+    client reads the reason. ``"reset"``: the socket is reset without it. A real
+    ``redis-server`` does both, by a race: with TLS 1.3 a client missing its certificate
+    learns it on its first read, and against Redis 7.0.15 that read gave the alert in 3
+    runs of 12 and ``ECONNRESET`` in 9 (the server closes with the client's first command
+    unread). A client must make sense of both; ``"reset"`` makes the second reproducible.
 
     The proxy runs its own asyncio loop in a daemon thread, as :class:`sim.proxy.FaultProxy`
     does, so a test blocking its own thread or loop on Redis never stalls it.
@@ -71,8 +82,17 @@ class TlsProxy:
     """
 
     def __init__(
-        self, target_host: str, target_port: int, files: TlsFiles, *, handshake_timeout: float = 5.0
+        self,
+        target_host: str,
+        target_port: int,
+        files: TlsFiles,
+        *,
+        refusal: str = "alert",
+        handshake_timeout: float = 5.0,
     ) -> None:
+        if refusal not in REFUSALS:
+            raise ValueError(f"refusal: got {refusal!r}; allowed: {', '.join(REFUSALS)}")
+        self.refusal = refusal
         self.target_host = target_host
         self.target_port = target_port
         self.files = files
@@ -188,7 +208,7 @@ class TlsProxy:
             # until the client's delayed ACK (~40 ms a connection on loopback).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._accepted += 1
-            task = loop.create_task(self._serve(_TlsSession(sock, self._context)))
+            task = loop.create_task(self._serve(_TlsSession(sock, self._context, self.refusal)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -230,14 +250,17 @@ class _TlsSession:
     """Server-side TLS over a non-blocking socket, with OpenSSL driven through memory BIOs.
 
     Not asyncio's own TLS (``start_server(ssl=...)`` / ``connect_accepted_socket``): on a
-    failed handshake it aborts the socket and drops the alert OpenSSL wrote (the client
-    then sees a bare reset where a real Redis sends "certificate required"), and it hides
-    the failure from us. Here every byte OpenSSL writes, alerts and close_notify included,
-    is sent before the socket closes, as Redis's own TLS does.
+    failed handshake it aborts the socket and drops the alert OpenSSL wrote, and it hides
+    the failure from us; ``start_tls()`` after a plain accept races with the ClientHello
+    (bytes the stream already buffered never reach the TLS layer). Here every byte OpenSSL
+    writes, alerts and close_notify included, is sent before the socket closes, unless
+    ``refusal == "reset"`` asks for a reset instead (see :class:`TlsProxy`).
     """
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, refusal: str) -> None:
         self._sock = sock
+        self._refusal = refusal
+        self._reset = False
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -257,7 +280,10 @@ class _TlsSession:
                         "client closed the connection during the TLS handshake"
                     ) from None
             except ssl.SSLError:
-                await self._flush()  # the alert (e.g. "certificate required") goes out first
+                if self._refusal == "reset":
+                    self._reset = True  # close() resets; the alert is never sent
+                else:
+                    await self._flush()  # the alert (e.g. "certificate required") goes out first
                 raise
             else:
                 await self._flush()  # the server's Finished and TLS 1.3 session tickets
@@ -282,6 +308,11 @@ class _TlsSession:
 
     async def close(self) -> None:
         """Send close_notify if the session is up, then close the socket; never waits on the peer."""
+        if self._reset:
+            # SO_LINGER with a zero timeout turns close() into an RST.
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._sock.close()
+            return
         with contextlib.suppress(ssl.SSLError, *_PIPE_ERRORS, TimeoutError):
             with contextlib.suppress(ssl.SSLWantReadError):
                 self._tls.unwrap()  # writes close_notify; would then wait for the peer's: we don't

@@ -5,6 +5,7 @@ Reusable by any TLS test (the library's own included)::
     def test_x(tls_redis, tls_certs):
         endpoint = tls_redis()                                   # private CA, no client cert asked
         endpoint = tls_redis(require_client_cert=True)           # mTLS
+        endpoint = tls_redis(require_client_cert=True, refusal="reset")  # refused by a reset, no alert
         endpoint = tls_redis(server_cert="other-host")           # certificate for another hostname
         redis.asyncio.Redis.from_url(endpoint.url, **endpoint.client_kwargs())
         endpoint.url_with_query(client_cert=True)               # the same settings, all in the URL
@@ -171,16 +172,20 @@ def tls_backend(request: pytest.FixtureRequest) -> str:
 def tls_redis(
     tls_backend: str, tls_certs: TlsCerts, server_binary: ServerBinary
 ) -> Iterator[Callable[..., TlsEndpoint]]:
-    """A factory ``tls_redis(*, require_client_cert=False, server_cert="localhost") -> TlsEndpoint``.
+    """A factory ``tls_redis(*, require_client_cert=False, server_cert="localhost", refusal="alert")``.
 
     Each call starts a fresh server (and proxy) for this test; all are removed afterwards.
     ``server_cert="other-host"`` serves a certificate valid only for :data:`OTHER_HOSTNAME`.
+    ``refusal`` is how the proxy ends a failed handshake (:class:`sim.tls.TlsProxy`:
+    ``"alert"`` or ``"reset"``); a native server does either, as its own race decides.
     Behind the proxy runs the session's server (``LOCKLESS_SERVER``); ``native`` runs the
     TLS-capable ``redis-server`` on ``PATH``.
     """
     started: list[tuple[RedisServer, TlsProxy | None]] = []
 
-    def make(*, require_client_cert: bool = False, server_cert: str = "localhost") -> TlsEndpoint:
+    def make(
+        *, require_client_cert: bool = False, server_cert: str = "localhost", refusal: str = "alert"
+    ) -> TlsEndpoint:
         if server_cert not in SERVER_CERTS:
             raise ValueError(f"server_cert: got {server_cert!r}; allowed: {', '.join(SERVER_CERTS)}")
         certfile, keyfile = (
@@ -206,7 +211,7 @@ def tls_redis(
             server = RedisServer(server=server_binary)
             started.append((server, None))
             server.start()
-            proxy = TlsProxy(server.host, server.port, files)
+            proxy = TlsProxy(server.host, server.port, files, refusal=refusal)
             started[-1] = (server, proxy)
             proxy.start()
             port = proxy.port

@@ -162,3 +162,9 @@ def test_probe_says_no_for_builds_without_tls(tls_certs: TlsCerts, kind: ServerK
     probe = probe_native_tls(find_server(kind), files, ca_certs=tls_certs.ca)
     assert not probe.supported
     assert complaint in probe.reason, probe.reason
+
+
+def test_unknown_refusal_is_refused(tls_certs: TlsCerts) -> None:
+    files = TlsFiles(certfile=tls_certs.server_cert, keyfile=tls_certs.server_key)
+    with pytest.raises(ValueError, match="refusal: got 'drop'; allowed: alert, reset"):
+        TlsProxy("127.0.0.1", 6379, files, refusal="drop")
