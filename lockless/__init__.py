@@ -13,9 +13,12 @@ Modules are private; what is exported here is the public API. Besides the regist
 library's building blocks are public so that other architectures (the harness's
 baselines) can reuse exactly the same write path, selection and metrics: ``RedisStore``
 (every Lua script and read), ``select`` (placement selection over a pool view),
-``place`` (select-then-admit over any ``Registry``), ``Metrics``.
+``place`` (select-then-admit over any ``Registry``), ``Metrics``, ``parse_node_hash``
+(the strict record codec) and ``SCRIPTS`` (name -> Lua body of every write script, for
+a baseline that composes the library's admission into a script of its own).
 """
 
+from lockless.aio import cancel_and_wait
 from lockless.clock import Clock, ManualClock, SystemClock
 from lockless.config import (
     CacheConfig,
@@ -27,7 +30,7 @@ from lockless.config import (
 )
 from lockless.core.modes import Mode, ModeSwitch, ModeThresholds
 from lockless.core.selection import PoolView, Selection, is_placeable, placement_key, select
-from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
+from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements, parse_node_hash
 from lockless.errors import (
     ConfigError,
     JournalFull,
@@ -56,11 +59,13 @@ from lockless.protocol import (
     place,
 )
 from lockless.redis.keys import KeySpace
+from lockless.redis.scripts import ALL as SCRIPTS
 from lockless.redis.store import LogRead, PoolListing, RedisStore
 from lockless.registry import LocklessRegistry, RegistryState
 
 __all__ = [
     "PLACEMENT_CANDIDATES",
+    "SCRIPTS",
     "Admission",
     "CacheConfig",
     "Clock",
@@ -101,8 +106,10 @@ __all__ = [
     "SubscriberConfig",
     "SystemClock",
     "UnknownPool",
+    "cancel_and_wait",
     "is_placeable",
     "new_histogram",
+    "parse_node_hash",
     "place",
     "placement_key",
     "select",

@@ -115,9 +115,15 @@ class WritePath:
         self._check_pool(spec.pool)
         command = Register(spec=spec)
         result = await self._redis_else(
-            "register", lambda: self._store.register(spec), lambda _: self._to_journal(command)
+            "register", lambda: self._store.register_and_read(spec), lambda _: self._to_journal(command)
         )
-        return 0 if isinstance(result, JournalEntry) else result
+        if isinstance(result, JournalEntry):
+            return 0
+        version, record = result
+        if record is not None:
+            # Read-your-writes: the registering instance sees the node now, not when its event arrives.
+            self._l1.apply(record, self._clock.monotonic())
+        return version
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
         self._check_pool(beat.pool)

@@ -27,7 +27,13 @@
 # runs on whatever is there, down to nothing at all.
 #
 # A phase whose harness lag P99 exceeded its bound is **INVALID**: its numbers are shown
-# greyed and marked, never as a latency result.
+# greyed and marked, never as a latency result. Every percentile comes with its n; one
+# that fewer than 10 samples lie beyond (a P99 from under 1,000 samples) is shown as
+# "max of n". Ratios between architectures carry a 95% bootstrap interval (`sim/stats.py`).
+#
+# Three kinds of result folder are read: comparisons (one workload, every architecture:
+# `baselines`, `smoke`, `locked-vs-lockless`, ...), the knee sweep (`knee`) and the
+# contention grid (`contention`).
 
 # %%
 import json
@@ -40,6 +46,7 @@ import pandas as pd
 from hdrh.histogram import HdrHistogram
 from IPython.display import Markdown, display
 
+from sim import stats
 from sim.budgets import find_runs
 
 # %% tags=["parameters"]
@@ -48,7 +55,13 @@ from sim.budgets import find_runs
 RESULTS = None
 
 # %%
-ARCH_COLOURS = {"lockless": "tab:green", "locked": "tab:red", "direct": "tab:blue"}
+ARCH_COLOURS = {
+    "lockless": "tab:green",
+    "locked": "tab:red",
+    "direct": "tab:blue",
+    "ttl-cache": "tab:orange",
+    "redis-select": "tab:purple",
+}
 pd.set_option("display.width", 160)
 
 
@@ -107,13 +120,19 @@ def need(*names: str):
     return None
 
 
-def any_run(prefer=("locked-vs-lockless", "smoke"), min_archs=1):
-    """A preferred experiment, else any loaded one with at least ``min_archs`` architectures."""
+def kind(name: str) -> str:
+    """comparison | sweep | contention."""
+    return runs[name]["summary"].get("kind", "comparison")
+
+
+def any_run(prefer=("baselines", "locked-vs-lockless", "smoke"), min_archs=1):
+    """A preferred comparison, else any loaded comparison with at least ``min_archs`` architectures."""
     for name in prefer:
-        if name in runs and len(runs[name]["summary"]["architectures"]) >= min_archs:
+        wide = name in runs and len(runs[name]["summary"]["architectures"]) >= min_archs
+        if wide and kind(name) == "comparison":
             return name
     for name, run in runs.items():
-        if len(run["summary"]["architectures"]) >= min_archs:
+        if kind(name) == "comparison" and len(run["summary"]["architectures"]) >= min_archs:
             return name
     display(Markdown(f"*Skipped: no loaded experiment has {min_archs}+ architectures.*"))
     return None
@@ -145,18 +164,27 @@ def cdf(hist):
 # (`heartbeat`, `job_start`, `job_finish`) are one Lua script call in every architecture.
 
 # %%
-if runs:
-    frames = []
-    for name, run in runs.items():
-        df = pd.read_csv(run["folder"] / "percentiles.csv")
-        df.insert(0, "experiment", name)
-        frames.append(df)
-    table = pd.concat(frames, ignore_index=True)
-    for col in ("p50_us", "p99_us", "p99.9_us"):
-        table[col.replace("_us", " ms")] = (table[col] / 1000).round(3)
-    table["valid"] = table["valid"].map({True: "yes", False: "INVALID"}).fillna(table["valid"])
-    shown = table.set_index(["experiment", "op", "arch"])[["count", "p50 ms", "p99 ms", "p99.9 ms", "valid"]]
-    display(shown.sort_index())
+comparisons = [name for name in runs if kind(name) == "comparison"]
+if comparisons:
+    rows = []
+    for name in comparisons:
+        for arch, a in runs[name]["summary"]["architectures"].items():
+            for op, s in a["ops"].items():
+                s = {**s, "undersampled": s.get("undersampled", stats.undersampled(s["count"]))}
+                rows.append(
+                    {
+                        "experiment": name,
+                        "op": op,
+                        "arch": arch,
+                        "n": s["count"],
+                        **{
+                            f"{stats.key(q)} ms": stats.show(s, q, lambda us: f"{us / 1000:.3f}")
+                            for q in (50, 95, 99)
+                        },
+                        "valid": "yes" if a["valid"] else "INVALID",
+                    }
+                )
+    display(pd.DataFrame(rows).set_index(["experiment", "op", "arch"]).sort_index())
 
 # %% [markdown]
 # ## Latency CDFs per architecture (log scale)
@@ -293,12 +321,14 @@ if runs:
         display(Markdown("*Skipped: no lockless propagation histogram in the loaded runs.*"))
 
 # %% [markdown]
-# ## Scaling: select P99 against node count
+# ## Scaling: decision P99 against node count
 #
-# One point per (experiment, architecture): the run's node count and its `select` P99.
+# One point per (experiment, architecture): the run's node count and the P99 of its
+# decision, `select` where the run selects and admits apart, else `place` (select and admit).
 # Lockless selection reads a local index, so its P99 should stay flat as the cluster
-# grows; a baseline reads the whole pool from Redis per selection, so its P99 grows with
-# the node count. Runs where Redis was down, frozen or slow are left out (an outage is not
+# grows; a full-scan baseline reads the whole pool from Redis per decision, so its P99 grows
+# with the node count. A P99 of fewer than 1,000 samples is the maximum of n (column `P99 is`).
+# Runs where Redis was down, frozen or slow are left out (an outage is not
 # a cluster size); pub/sub kills stay in. With fewer than two node counts loaded this is a
 # single column of points.
 
@@ -325,13 +355,18 @@ if runs:
             continue
         s = run["summary"]
         for arch, a in s["architectures"].items():
-            if "select" in a["ops"] and a["ops"]["select"]["count"]:
+            op = next((o for o in ("select", "place") if a["ops"].get(o, {}).get("count")), None)
+            if op is not None:
+                n = a["ops"][op]["count"]
                 points.append(
                     {
                         "experiment": name,
                         "arch": arch,
                         "nodes": s["nodes"],
-                        "select P99 ms": a["ops"]["select"]["p99_us"] / 1000,
+                        "op": op,
+                        "n": n,
+                        "P99 is": "P99" if n >= 1000 else f"max of {n}",
+                        "decision P99 ms": a["ops"][op]["p99_us"] / 1000,
                         "valid": a["valid"],
                     }
                 )
@@ -340,11 +375,11 @@ if runs:
         fig, ax = plt.subplots(figsize=(7, 4))
         for arch, grp in pts.groupby("arch"):
             ok = grp[grp["valid"]]
-            ax.plot(ok["nodes"], ok["select P99 ms"], marker="o", label=arch, color=ARCH_COLOURS.get(arch))
+            ax.plot(ok["nodes"], ok["decision P99 ms"], marker="o", label=arch, color=ARCH_COLOURS.get(arch))
             bad = grp[~grp["valid"]]
             ax.scatter(
                 bad["nodes"],
-                bad["select P99 ms"],
+                bad["decision P99 ms"],
                 marker="x",
                 color=ARCH_COLOURS.get(arch),
                 label=f"{arch} (INVALID)" if len(bad) else None,
@@ -352,8 +387,8 @@ if runs:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("nodes in the cluster (log)")
-        ax.set_ylabel("select P99 (ms, log)")
-        ax.set_title("select P99 vs cluster size")
+        ax.set_ylabel("decision (select or place) P99 (ms, log)")
+        ax.set_title("decision P99 vs cluster size")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -394,8 +429,10 @@ if name and "probe" in runs[name]["summary"]:
                     "op": op,
                     "commands/op": p["commands"].get("total"),
                     "client commands/op": p.get("client_commands", {}).get("total"),
+                    "n": p.get("count"),
                     "P50 us": p.get("p50_us"),
-                    "P90 us": p.get("p90_us"),
+                    "P95 us": p.get("p95_us"),
+                    "Redis CPU us/op": p.get("redis_usec"),
                     "P50 / PING P50": round(p["p50_us"] / probe["ping"]["p50_us"], 3)
                     if p.get("p50_us")
                     else None,
@@ -410,3 +447,187 @@ if name and "probe" in runs[name]["summary"]:
     display(pd.DataFrame(rows).set_index(["op", "arch"]).sort_index())
 elif name:
     display(Markdown(f"*Skipped: `{name}` predates the probe (no `probe` in its summary.json).*"))
+
+# %% [markdown]
+# ## Baselines: what lockless buys over the designs a team would build instead
+#
+# One row per architecture of the `baselines` run (else the first comparison loaded):
+# placement latency with its n, its ratio to lockless of the same run with a 95% bootstrap
+# interval (`-` where either side has too few samples for that percentile), conflicts and
+# stale rejections per placement, Redis round trips / commands / CPU per placement (the
+# run's quiet probe of `place_job`), the whole phase's Redis command time per placement,
+# the age of the data decisions used, and the utilization the phase ran at.
+
+# %%
+name = any_run(prefer=("baselines", "smoke")) if runs else None
+if name and "decision" in runs[name]["summary"]:
+    decision = runs[name]["summary"]["decision"]
+    rows = []
+    for arch, m in decision.items():
+        place = m["place"] or {}
+        ratio = m["ratio_to_lockless"] or {}
+        rows.append(
+            {
+                "arch": arch,
+                "rate /s": m["arrival_rate_per_s"],
+                "placements": m["placements"],
+                "place P50 ms": stats.show(place, 50) if place else "-",
+                "place P99 ms": stats.show(place, 99) if place else "-",
+                "P50 x lockless [95%]": stats.show_ratio(ratio.get("p50")) if m["valid"] else "INVALID",
+                "P99 x lockless [95%]": stats.show_ratio(ratio.get("p99")) if m["valid"] else "INVALID",
+                "conflicts / pl.": m["conflicts_per_placement"],
+                "stale rej. / pl.": m["stale_rejections_per_placement"],
+                "round trips / pl.": m["probe_round_trips_per_placement"],
+                "Redis cmds / pl.": m["probe_commands_per_placement"],
+                "Redis CPU us / pl.": m["probe_redis_usec_per_placement"],
+                "phase Redis us / pl.": m["phase_redis_usec_per_placement"],
+                "data age P50 ms": m["data_age_p50_ms"],
+                "utilization": m["utilization"],
+            }
+        )
+    display(Markdown(f"`{name}` ({runs[name]['summary']['nodes']:,} nodes):"))
+    display(pd.DataFrame(rows).set_index("arch"))
+elif name:
+    display(Markdown(f"*Skipped: `{name}` predates the decision metrics.*"))
+
+# %% [markdown]
+# ## Cost against freshness
+#
+# What each design pays in Redis work for how fresh its decisions are: x is the median age
+# of the data a placement used (0 for designs that read Redis on every decision: drawn at
+# 1 us on the log axis), y the Redis command time per placement over the whole phase
+# (heartbeats are the same for every design, so the differences are each design's: pool
+# reads, relists, the select script, events). Lower left is better.
+
+# %%
+name = any_run(prefer=("baselines", "smoke")) if runs else None
+if name and "decision" in runs[name]["summary"]:
+    decision = runs[name]["summary"]["decision"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arch, m in decision.items():
+        if m["phase_redis_usec_per_placement"] is None or m["data_age_p50_ms"] is None:
+            continue
+        x = max(m["data_age_p50_ms"], 0.001)
+        y = m["phase_redis_usec_per_placement"]
+        ax.scatter([x], [y], s=80, color=ARCH_COLOURS.get(arch), label=arch, alpha=1 if m["valid"] else 0.35)
+        ax.annotate(arch, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("data age at decision, P50 (ms, log)")
+    ax.set_ylabel("Redis command time per placement, whole phase (us, log)")
+    ax.set_title(f"{name}: cost against freshness")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# ## Knees: latency against throughput
+#
+# The `knee` sweep raises the offered placement rate step by step for every architecture
+# (same utilization at every step) until the placement P99 passes its bound or arrivals
+# fail. Each line is one architecture: P99 solid (hollow where it is the maximum of fewer
+# than 1,000 placements), P50 dashed; the star is its knee, the highest rate it sustained.
+
+# %%
+sweeps = [n for n in runs if kind(n) == "sweep"]
+if not sweeps:
+    display(Markdown("*Skipped: no knee sweep (`lockless-sim run experiments/knee.toml`) loaded.*"))
+for name in sweeps:
+    summary = runs[name]["summary"]
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    for arch in dict.fromkeys(s["arch"] for s in summary["steps"]):
+        steps = [s for s in summary["steps"] if s["arch"] == arch and s["place"]["count"]]
+        if not steps:
+            continue
+        colour = ARCH_COLOURS.get(arch)
+        x = [s["achieved_per_s"] for s in steps]
+        ax.plot(x, [s["place"]["p50_us"] / 1000 for s in steps], "--", color=colour, alpha=0.7)
+        tail = [
+            (s["place"]["max_us"] if "p99" in s["place"]["undersampled"] else s["place"]["p99_us"]) / 1000
+            for s in steps
+        ]
+        ax.plot(x, tail, "-", color=colour, label=arch)
+        for xi, yi, s in zip(x, tail, steps, strict=True):
+            hollow = "p99" in s["place"]["undersampled"]
+            ax.scatter([xi], [yi], s=30, facecolors="none" if hollow else colour, edgecolors=colour)
+        k = summary["knees"][arch]
+        if k["place"]:
+            kp = k["place"]
+            y = (kp["max_us"] if "p99" in kp["undersampled"] else kp["p99_us"]) / 1000
+            ax.scatter([k["achieved_per_s"]], [y], marker="*", s=240, color=colour, zorder=5)
+    ax.axhline(summary["sweep"]["p99_bound_ms"], color="grey", linestyle=":", label="P99 bound")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("achieved placements per second (log)")
+    ax.set_ylabel("placement latency, ms (log)")
+    ax.set_title(f"{name}: {summary['nodes']:,} nodes at {summary['target_utilization']:.0%} busy slots")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    rows = []
+    for arch, k in summary["knees"].items():
+        p = k["place"] or {}
+        rows.append(
+            {
+                "arch": arch,
+                "knee /s": "below the first rate" if k["below_first_rate"] else k["knee_rate_per_s"],
+                "achieved /s": k["achieved_per_s"],
+                "n": p.get("count", 0),
+                "P50 ms": stats.show(p, 50) if p else "-",
+                "P99 ms": stats.show(p, 99) if p else "-",
+                "stopped at /s": k["stopped_at_rate_per_s"],
+                "because": k["stopped_because"],
+            }
+        )
+    display(pd.DataFrame(rows).set_index("arch"))
+
+# %% [markdown]
+# ## Conflict rate against scheduler instances
+#
+# The `contention` grid: 1, 2, 4, 8 instances placing on one pool at the same total rate,
+# per policy. A conflict is an admission refused because another decision took the slot
+# since this one's data was read: the price of deciding from a view. Least-loaded herds
+# every instance onto the same node; power of two choices spreads them. Designs that read
+# Redis per decision conflict only in the window between their read and their admission;
+# redis-select (one atomic script) never.
+
+# %%
+grids = [n for n in runs if kind(n) == "contention"]
+if not grids:
+    display(Markdown("*Skipped: no contention run (`lockless-sim run experiments/contention.toml`) loaded.*"))
+for name in grids:
+    summary = runs[name]["summary"]
+    steps = summary["steps"]
+    policies = list(dict.fromkeys(s["params"]["policy"] for s in steps))
+    fig, axes = plt.subplots(1, len(policies), figsize=(6 * len(policies), 4.2), squeeze=False, sharey=True)
+    rows = []
+    for ax, policy in zip(axes[0], policies, strict=True):
+        for arch in dict.fromkeys(s["arch"] for s in steps):
+            mine = [s for s in steps if s["arch"] == arch and s["params"]["policy"] == policy]
+            xs = [s["params"]["instances"] for s in mine]
+            ys = [s["counters"].get("conflicts", 0) / max(1, s["counters"].get("placed", 0)) for s in mine]
+            ax.plot(xs, ys, marker="o", color=ARCH_COLOURS.get(arch), label=arch)
+            for s, y in zip(mine, ys, strict=True):
+                rows.append(
+                    {
+                        "policy": policy,
+                        "arch": arch,
+                        "instances": s["params"]["instances"],
+                        "placed": s["counters"].get("placed", 0),
+                        "conflicts / pl.": round(y, 4),
+                        "P50 ms": stats.show(s["place"], 50),
+                        "P99 ms": stats.show(s["place"], 99),
+                        "valid": "yes" if s["valid"] else "INVALID",
+                    }
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("scheduler instances (same total rate)")
+        ax.set_ylabel("conflicts per placement")
+        ax.set_title(f"{name}: {policy}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    display(pd.DataFrame(rows).set_index(["policy", "arch", "instances"]))

@@ -52,7 +52,10 @@ def run(experiment: Path, redis_url: str | None, out: Path, duration: float | No
     """Run EXPERIMENT (a TOML file) and write its results folder."""
     folder = _run_experiment(experiment, redis_url=redis_url, out=out, duration=duration, quiet=quiet)
     summary = json.loads((folder / "summary.json").read_text())
-    Console().print(_table([summary], [folder.name]))
+    if summary.get("kind", "comparison") == "comparison":
+        Console(width=None if sys.stdout.isatty() else 200).print(_table([summary], [folder.name]))
+    else:
+        Console().print((folder / "report.md").read_text())
     click.echo(str(folder))
 
 
@@ -74,6 +77,8 @@ def _run_experiment(
             config = dataclasses.replace(config, experiment=section)
     except ConfigError as exc:
         raise click.ClickException(f"{experiment}: {exc}") from None
+    if config.experiment.kind != "comparison":
+        return _run_many(config, redis_url=redis_url, out=out, quiet=quiet)
     archs = config.experiment.architectures
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -97,6 +102,33 @@ def _run_experiment(
         except (ConfigError, LocklessError) as exc:
             raise click.ClickException(str(exc)) from None
     return write_run(outcome, out)
+
+
+def _run_many(config: Any, *, redis_url: str | None, out: Path, quiet: bool) -> Path:
+    """A sweep or contention experiment: many phases, one progress line per phase."""
+    from sim.sweep import plan, run_many
+    from sim.sweep_report import write_many
+
+    total = len(plan(config))
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} phases  {task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task(config.experiment.name, total=total, status="starting")
+
+        def progress(arch: str, label: str, done: int, planned: int, status: str) -> None:
+            bar.update(task, completed=done, status=f"{arch} {label}: {status}")
+
+        try:
+            outcome = asyncio.run(run_many(config, redis_url=redis_url, progress=progress))
+        except (ConfigError, LocklessError) as exc:
+            raise click.ClickException(str(exc)) from None
+        bar.update(task, completed=total)
+    return write_many(outcome, out)
 
 
 @cli.command()
@@ -198,7 +230,8 @@ def compare(dirs: tuple[Path, ...]) -> None:
         if not path.exists():
             raise click.ClickException(f"{d}: no summary.json (is this a run folder?)")
         summaries.append(json.loads(path.read_text()))
-    Console().print(_table(summaries, [d.name for d in dirs]))
+    # Wide enough for every column when piped (rich assumes 80 columns then and would cut names).
+    Console(width=None if sys.stdout.isatty() else 200).print(_table(summaries, [d.name for d in dirs]))
 
 
 def _fmt(us: float) -> str:
@@ -206,14 +239,19 @@ def _fmt(us: float) -> str:
 
 
 def _table(summaries: list[dict[str, Any]], names: list[str]) -> Table:
-    table = Table(title="latency from intended start, ms (ratio = arch / lockless of the same run)")
-    for col in ("run", "op", "arch", "count", "P50", "P99", "P50 x", "P99 x", "valid"):
+    from sim import stats
+
+    table = Table(
+        title="latency from intended start, ms ('max of n': too few samples for the percentile); "
+        "x = arch / lockless, same run [95% interval]"
+    )
+    for col in ("run", "op", "arch", "n", "P50", "P95", "P99", "P50 x", "P99 x", "valid"):
         table.add_column(col, justify="right" if col not in ("run", "op", "arch", "valid") else "left")
     for summary, name in zip(summaries, names, strict=True):
         archs = summary["architectures"]
         ops = [
             op
-            for op in ("select", "place", "get", "heartbeat", "register", "remove", "job_start", "job_finish")
+            for op in ("place", "select", "get", "heartbeat", "register", "remove", "job_start", "job_finish")
             if any(op in a["ops"] for a in archs.values())
         ]
         for op in ops:
@@ -225,16 +263,17 @@ def _table(summaries: list[dict[str, Any]], names: list[str]) -> Table:
                 if not (a["valid"] and archs.get("lockless", {}).get("valid", False)):
                     r = {}  # a ratio with an invalid side is not a result
                 valid = "yes" if a["valid"] else "INVALID"
-                p50, p99 = (_fmt(s["p50_us"]), _fmt(s["p99_us"])) if a["valid"] else ("INVALID", "INVALID")
+                cells = (
+                    [stats.show(s, q, _fmt) for q in (50, 95, 99)] if a["valid"] else ["INVALID"] * 3
+                )
                 table.add_row(
                     f"{summary['experiment']}/{name}",
                     op,
                     arch,
                     f"{s['count']:,}",
-                    p50,
-                    p99,
-                    f"{r['p50']:g}" if r else "",
-                    f"{r['p99']:g}" if r else "",
+                    *cells,
+                    stats.show_ratio(r.get("p50")) if isinstance(r.get("p50"), dict) else "",
+                    stats.show_ratio(r.get("p99")) if isinstance(r.get("p99"), dict) else "",
                     valid,
                 )
         table.add_section()

@@ -39,7 +39,11 @@ from another architecture's (``locked:ops.select.p50_us``) or from the summary r
 (``run:probe.ping.p50_us``). A missing key under ``counters``, ``commands``, ``calls``,
 ``client_commands`` or ``errors`` reads as 0 (only non-zero counts are written); a table
 of numbers reads as its sum (``errors`` = every error); ``true``/``false`` read as 1/0.
-Anything else missing is a failure that names the path.
+Anything else missing is a failure that names the path, except that a budget reading the
+probe does not apply to a run without one (sweeps and contention grids probe nothing).
+A percentile that too few samples
+back (``undersampled`` beside it: a P99 from under 1,000 samples is the maximum of n,
+``sim/stats.py``) is never judged: reading it fails, naming the sample count.
 """
 
 from __future__ import annotations
@@ -265,6 +269,12 @@ def resolve(summary: Mapping[str, Any], arch: str, path: str) -> tuple[float, st
         for j in range(len(keys), i, -1):
             key = ".".join(keys[i:j])
             if key in node:
+                thin = node.get("undersampled", ())
+                if key.endswith("_us") and key.removesuffix("_us") in thin:
+                    raise MetricMissing(
+                        f"{path}: {key.removesuffix('_us').upper()} of {node.get('count', 0):,} samples is "
+                        "the maximum of n, not a percentile (too few samples): no budget judges it"
+                    )
                 parent, node, i = key, node[key], j
                 break
         else:
@@ -289,6 +299,10 @@ def evaluate(summary: Mapping[str, Any], budgets: Iterable[Budget], *, run: str 
     for budget in budgets:
         if not budget.applies_to(experiment):
             continue
+        if "probe" not in summary and (
+            _from_probe(budget.metric) or (budget.over is not None and _from_probe(budget.over))
+        ):
+            continue  # a run without a probe (sweep, contention) has nothing for this budget to read
         targets = list(archs) if "*" in budget.archs else [a for a in budget.archs if a in archs]
         for arch in targets:
             rows.append(_row(summary, budget, arch, run or experiment))

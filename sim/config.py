@@ -21,8 +21,13 @@ from types import MappingProxyType
 from typing import Any
 
 from lockless import ConfigError, RegistryConfig
+from sim.architectures import ARCHITECTURES, BaselineOptions
 
-ARCHITECTURES = ("lockless", "locked", "direct")
+#: ``comparison``: every architecture on one plan (the original kind); ``sweep``: the offered
+#: placement rate raised step by step per architecture until the knee (``[sweep]``);
+#: ``contention``: 1..N scheduler instances at one total rate, per policy (``[contention]``).
+KINDS = ("comparison", "sweep", "contention")
+POLICIES = ("least_loaded", "power_of_two")
 DURATIONS = ("exponential", "fixed", "lognormal")
 JOB_APIS = ("select_and_start", "place_job")
 HEARTBEAT_PATHS = ("scheduler", "harness")
@@ -68,10 +73,15 @@ class ExperimentSection:
     """Operations intended before this are run but not recorded (connections warm, caches filled)."""
     architectures: tuple[str, ...] = ("lockless",)
     """Architectures run on the identical plan, one after another, Redis flushed in between."""
+    kind: str = "comparison"
+    """comparison | sweep | contention. For ``sweep`` and ``contention`` every step (one
+    rate, or one instance count and policy) is a phase of ``duration_s`` with ``warmup_s``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             raise ConfigError("experiment.name", self.name, "a non-empty name without '/'")
+        if self.kind not in KINDS:
+            raise ConfigError("experiment.kind", self.kind, " | ".join(KINDS))
         _int("experiment.seed", self.seed)
         _num("experiment.duration_s", self.duration_s, strict=True)
         _num("experiment.warmup_s", self.warmup_s)
@@ -249,9 +259,16 @@ class JobsSection:
     """Kinds of job, chosen by weight."""
     get_rate_per_s: float = 0.0
     """Poisson rate of get_node reads of random nodes (the ``get`` operation)."""
+    utilization: float = 0.0
+    """Target busy slots / slots (0: off, ``duration_mean_s`` as given and the cluster starts
+    empty). When > 0 the cluster starts that full (jobs already running, their remaining
+    durations drawn from ``duration``) and ``duration_mean_s`` is replaced by
+    ``utilization * slots / arrival rate``, so arrivals and finishes balance at this level
+    at whatever rate a phase runs (per-architecture rates, sweep steps)."""
 
     def __post_init__(self) -> None:
         _num("jobs.arrival_rate_per_s", self.arrival_rate_per_s)
+        _num("jobs.utilization", self.utilization, maximum=0.99)
         if self.duration not in DURATIONS:
             raise ConfigError("jobs.duration", self.duration, " | ".join(DURATIONS))
         _num("jobs.duration_mean_s", self.duration_mean_s, strict=True)
@@ -306,6 +323,87 @@ class FaultSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ArchOverride:
+    """Per-architecture settings of a ``comparison`` (``[overrides.<arch>]``): a design whose
+    knee is lower runs at a rate below it, and long enough for its sample count."""
+
+    arrival_rate_per_s: float | None = None
+    """Replaces ``jobs.arrival_rate_per_s`` for this architecture."""
+    duration_s: float | None = None
+    """Replaces ``experiment.duration_s`` for this architecture."""
+
+    def __post_init__(self) -> None:
+        if self.arrival_rate_per_s is not None:
+            _num("overrides.arrival_rate_per_s", self.arrival_rate_per_s, strict=True)
+        if self.duration_s is not None:
+            _num("overrides.duration_s", self.duration_s, strict=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepSection:
+    """The knee sweep (``experiment.kind = "sweep"``): offered placement rate raised step by step.
+
+    Each architecture runs the rates in order, one phase of ``experiment.duration_s`` each,
+    until a step fails and ``steps_past_knee`` more have run. A step passes when the phase is
+    valid (harness lag within its bound), its placement P99 is within ``p99_bound_ms`` (with
+    fewer than 1,000 placements the maximum stands in for the P99: stricter, and said so),
+    and failed or unplaced arrivals are at most ``max_failure_ratio``. The knee is the highest
+    passing rate before the first failure.
+    """
+
+    rates_per_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    """Offered placement rates (jobs/s over the cluster), strictly ascending."""
+    p99_bound_ms: float = 100.0
+    """A step whose placement P99 exceeds this is past the knee."""
+    max_failure_ratio: float = 0.01
+    """(errors + unplaced + abandoned) / arrivals above this fails a step."""
+    steps_past_knee: int = 1
+    """Steps run after the first failing one (their latencies show the curve bending)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rates_per_s", tuple(self.rates_per_s))
+        if not self.rates_per_s:
+            raise ConfigError("sweep.rates_per_s", self.rates_per_s, "a non-empty list of rates")
+        for rate in self.rates_per_s:
+            _num("sweep.rates_per_s", rate, strict=True)
+        if any(b <= a for a, b in zip(self.rates_per_s, self.rates_per_s[1:], strict=False)):
+            raise ConfigError("sweep.rates_per_s", self.rates_per_s, "strictly ascending rates")
+        _num("sweep.p99_bound_ms", self.p99_bound_ms, strict=True)
+        _num("sweep.max_failure_ratio", self.max_failure_ratio, maximum=1.0)
+        _int("sweep.steps_past_knee", self.steps_past_knee)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContentionSection:
+    """The contention experiment (``experiment.kind = "contention"``).
+
+    For each architecture, policy and instance count, one phase of ``experiment.duration_s``
+    with the *same total* arrival rate (``jobs.arrival_rate_per_s``) dealt over the instances,
+    so only the number of concurrent deciders changes.
+    """
+
+    instances: tuple[int, ...] = (1, 2, 4, 8)
+    """Scheduler instance counts, strictly ascending."""
+    policies: tuple[str, ...] = POLICIES
+    """Selection policies: least_loaded | power_of_two."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "instances", tuple(self.instances))
+        object.__setattr__(self, "policies", tuple(self.policies))
+        if not self.instances:
+            raise ConfigError("contention.instances", self.instances, "a non-empty list of counts")
+        for n in self.instances:
+            _int("contention.instances", n, 1)
+        if any(b <= a for a, b in zip(self.instances, self.instances[1:], strict=False)):
+            raise ConfigError("contention.instances", self.instances, "strictly ascending counts")
+        if not self.policies or len(set(self.policies)) != len(self.policies):
+            raise ConfigError("contention.policies", self.policies, "a non-empty list without repeats")
+        for policy in self.policies:
+            if policy not in POLICIES:
+                raise ConfigError("contention.policies", policy, " | ".join(POLICIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ExperimentConfig:
     """A whole experiment file."""
 
@@ -317,8 +415,34 @@ class ExperimentConfig:
     faults: tuple[FaultSpec, ...] = ()
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     """The library's configuration; ``pools`` comes from ``nodes.pools``, URL and namespace from the run."""
+    baselines: BaselineOptions = field(default_factory=BaselineOptions)
+    """Settings of the baselines (``ttl-cache`` relist period, pool read batch)."""
+    overrides: Mapping[str, ArchOverride] = field(default_factory=lambda: MappingProxyType({}))
+    """Per-architecture rate and duration (``comparison`` only)."""
+    sweep: SweepSection | None = None
+    """Required when ``experiment.kind = "sweep"``, refused otherwise."""
+    contention: ContentionSection | None = None
+    """Required when ``experiment.kind = "contention"``, refused otherwise."""
 
     def __post_init__(self) -> None:
+        kind = self.experiment.kind
+        for section in ("sweep", "contention"):
+            present = getattr(self, section) is not None
+            if present != (kind == section):
+                raise ConfigError(
+                    section,
+                    "(table)" if present else None,
+                    f"a [{section}] table exactly when experiment.kind = '{section}' (kind is '{kind}')",
+                )
+        for arch in self.overrides:
+            if arch not in self.experiment.architectures:
+                raise ConfigError(
+                    f"overrides.{arch}", "(table)", "one of experiment.architectures: "
+                    + " | ".join(self.experiment.architectures)
+                )
+        if self.overrides and kind != "comparison":
+            raise ConfigError("overrides", "(table)", "only with experiment.kind = 'comparison'")
+        object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
         object.__setattr__(self, "faults", tuple(sorted(self.faults, key=lambda f: f.at_s)))
         for fault in self.faults:
             if fault.at_s >= self.experiment.duration_s:
@@ -335,6 +459,39 @@ class ExperimentConfig:
             )
         if set(self.registry.pools) != set(self.nodes.pools):
             object.__setattr__(self, "registry", dataclasses.replace(self.registry, pools=self.nodes.pools))
+
+    @property
+    def slots(self) -> int:
+        """Job slots in the cluster (nodes x max_jobs): the denominator of utilization."""
+        return self.nodes.count * self.nodes.max_jobs
+
+    def with_rate(self, rate_per_s: float, *, duration_s: float | None = None) -> ExperimentConfig:
+        """This experiment at another arrival rate (and duration), utilization kept (``jobs.utilization``)."""
+        jobs = dataclasses.replace(self.jobs, arrival_rate_per_s=rate_per_s)
+        experiment = self.experiment
+        if duration_s is not None and duration_s != experiment.duration_s:
+            experiment = dataclasses.replace(
+                experiment, duration_s=duration_s, warmup_s=min(experiment.warmup_s, duration_s / 4)
+            )
+        return dataclasses.replace(self, jobs=jobs, experiment=experiment)
+
+    def for_architecture(self, arch: str) -> ExperimentConfig:
+        """The config one architecture's phase runs: its overrides applied, job durations derived."""
+        override = self.overrides.get(arch)
+        config = self
+        if override is not None:
+            config = self.with_rate(
+                override.arrival_rate_per_s or self.jobs.arrival_rate_per_s, duration_s=override.duration_s
+            )
+        return config.resolved_jobs()
+
+    def resolved_jobs(self) -> ExperimentConfig:
+        """With ``jobs.utilization`` > 0: ``duration_mean_s`` set so arrivals keep that utilization."""
+        jobs = self.jobs
+        if jobs.utilization <= 0 or jobs.arrival_rate_per_s <= 0:
+            return self
+        mean = jobs.utilization * self.slots / jobs.arrival_rate_per_s
+        return dataclasses.replace(self, jobs=dataclasses.replace(jobs, duration_mean_s=mean))
 
     @property
     def needs_proxy(self) -> bool:
@@ -355,6 +512,9 @@ _SECTIONS: dict[str, type] = {
     "nodes": NodesSection,
     "jobs": JobsSection,
     "schedulers": SchedulersSection,
+    "baselines": BaselineOptions,
+    "sweep": SweepSection,
+    "contention": ContentionSection,
 }
 
 
@@ -412,7 +572,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
 
 def from_mapping(data: Mapping[str, Any]) -> ExperimentConfig:
     """Build and validate an experiment from plain data (a parsed TOML document)."""
-    allowed = [*_SECTIONS, "faults", "registry"]
+    allowed = [*_SECTIONS, "faults", "registry", "overrides"]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise ConfigError(unknown[0], data[unknown[0]], f"one of the sections {', '.join(allowed)}")
@@ -423,6 +583,13 @@ def from_mapping(data: Mapping[str, Any]) -> ExperimentConfig:
     }
     if "faults" in data:
         kwargs["faults"] = _coerce("faults", tuple[FaultSpec, ...], data["faults"])
+    if "overrides" in data:
+        overrides = data["overrides"]
+        if not isinstance(overrides, Mapping):
+            raise ConfigError("overrides", overrides, "a table of [overrides.<architecture>] tables")
+        kwargs["overrides"] = {
+            str(arch): _build(ArchOverride, table, f"overrides.{arch}") for arch, table in overrides.items()
+        }
     registry = dict(data.get("registry", {}))
     if not isinstance(data.get("registry", {}), Mapping):
         raise ConfigError("registry", data["registry"], "a table")

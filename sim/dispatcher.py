@@ -15,6 +15,13 @@ would; the instances then carry only the scheduling traffic.
 
 Outcome-driven follow-ups are the dispatcher's: a job admitted on a node finishes on
 that node at ``admission done + duration`` (scaled), through the instance that placed it.
+Jobs already running at the start (``jobs.utilization``, ``sim.model.prefill``) finish
+the same way, through their node's instance. ``busy`` counts the slots the harness knows
+taken (prefilled + admitted - released): the run's utilization is sampled from it.
+
+A rejected admission is counted by what it means for the decision metrics: ``conflicts``
+(the node was full: another decision took the slot since this one's data was read) or
+``stale_rejections`` (the node was gone: dead or removed), whatever the job API.
 
 Each operation's ``sent`` time is read inside its task right before the registry call,
 so time spent waiting for the loop counts as harness lag, and lag counts in latency.
@@ -73,6 +80,10 @@ class NodeTracker:
     def removed(self, node_id: str, at: float) -> None:
         self._gone[node_id] = ("removed", at)
 
+    def gone(self, node_id: str) -> bool:
+        """True if the node crashed or was removed and has not come back."""
+        return node_id in self._gone
+
     def overdue(self, node_id: str, at: float) -> str | None:
         """Why ``node_id`` must no longer be used at ``at`` (None if it may be)."""
         gone = self._gone.get(node_id)
@@ -97,9 +108,11 @@ class Dispatcher:
         recorder: Recorder,
         on_fault: FaultHandler | None = None,
         heartbeat_sink: HeartbeatSink | None = None,
+        initial_jobs: dict[int, list[tuple[str, float]]] | None = None,
     ) -> None:
         """``heartbeat_sink``: where heartbeats go instead of the nodes' instances
-        (``harness.heartbeats_via = "harness"``: the harness's own store)."""
+        (``harness.heartbeats_via = "harness"``: the harness's own store). ``initial_jobs``:
+        node index -> [(job id, finish at simulated s)] already running at the start."""
         self.config = config
         self.heartbeat_sink = heartbeat_sink
         self.planner = planner
@@ -117,6 +130,16 @@ class Dispatcher:
         self._loads: dict[int, float] = {}
         self.sent = 0  # operations handed to registries (progress display)
         self._touched: dict[str, set[str]] = defaultdict(set)
+        #: Slots the harness knows taken: prefilled + admitted - released.
+        self.busy = 0
+        for idx, jobs in (initial_jobs or {}).items():
+            spec = self.cluster.spec(idx)
+            reg = registries[self.cluster.instance_of(idx)] if registries else None
+            for job_id, finish_s in jobs:
+                self.busy += 1
+                if reg is not None:
+                    args = (reg, spec.pool, spec.node_id, job_id)
+                    heapq.heappush(self._followups, (bridge.real(finish_s), next(self._seq), args))
 
     def take_touched(self) -> dict[str, set[str]]:
         """Nodes (by pool) that admitted a job since the last call: the capacity check reads these."""
@@ -289,6 +312,12 @@ class Dispatcher:
                 return
             self.rec.observe("staleness", placement.data_age_s * 1e6)
             self._check_picks(placement.selection.picks if placement.selection else (), done)
+            for node_id in placement.rejected:
+                # Placement carries no reasons: a node the harness knows gone was a stale
+                # pick; any other was full, i.e. another decision took its slot.
+                self._rejected("not_alive" if self.tracker.gone(node_id) else "full")
+            if placement.rejected:
+                self.rec.count("retried_placements")
             if placement.node_id is None:
                 self.rec.count("unplaced")
                 return
@@ -311,10 +340,17 @@ class Dispatcher:
             if ok and admission.admitted:
                 # The whole placement, from the arrival (its lag was counted with the select).
                 self.rec.op("place", intended, intended, done, count_lag=False)
+                if node is not selection.picks[0]:
+                    self.rec.count("retried_placements")
                 self._admitted(op, reg, pool, node.node_id, job_id, admission.reason, done)
                 return
             self.rec.count(f"rejected:{admission.reason}" if ok else "rejected:error")
+            if ok:
+                self._rejected(admission.reason)
         self.rec.count("unplaced")
+
+    def _rejected(self, reason: str) -> None:
+        self.rec.count("conflicts" if reason == "full" else "stale_rejections")
 
     def _check_picks(self, picks: Any, at: float) -> None:
         for node in picks:
@@ -325,6 +361,7 @@ class Dispatcher:
         self, op: Op, reg: Registry, pool: str, node_id: str, job_id: str, reason: str, done: float
     ):
         self.rec.count("placed")
+        self.busy += 1
         self._touched[pool].add(node_id)
         if reason == "journaled":
             self.rec.count("journaled_admissions")
@@ -338,4 +375,6 @@ class Dispatcher:
         heapq.heappush(self._followups, (finish_at, next(self._seq), (reg, pool, node_id, job_id)))
 
     async def _job_finish(self, intended: float, reg: Registry, pool: str, node_id: str, job_id: str) -> None:
-        await self._timed("job_finish", intended, reg.job_finish(pool, node_id, job_id))
+        released, _, ok = await self._timed("job_finish", intended, reg.job_finish(pool, node_id, job_id))
+        if ok and released:
+            self.busy -= 1

@@ -78,3 +78,84 @@ def over_time(path: Path, recorders: dict[str, Recorder]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+_COLOURS = {
+    "lockless": "tab:green",
+    "locked": "tab:red",
+    "direct": "tab:blue",
+    "ttl-cache": "tab:orange",
+    "redis-select": "tab:purple",
+}
+
+
+def knee(path: Path, summary: dict[str, Any]) -> None:
+    """Placement P50 (dashed) and P99 (solid) against achieved throughput, per architecture; knees starred.
+
+    A P99 from fewer than 1,000 placements is the maximum of n: drawn hollow.
+    """
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    for arch in dict.fromkeys(s["arch"] for s in summary["steps"]):
+        steps = [s for s in summary["steps"] if s["arch"] == arch and s["place"]["count"]]
+        if not steps:
+            continue
+        colour = _COLOURS.get(arch)
+        x = [s["achieved_per_s"] for s in steps]
+        ax.plot(x, [s["place"]["p50_us"] / 1000 for s in steps], "--", color=colour, alpha=0.7)
+        p99 = [s["place"]["p99_us"] / 1000 for s in steps]
+        ax.plot(x, p99, "-", color=colour, label=f"{arch} (P99 solid, P50 dashed)")
+        thin = [i for i, s in enumerate(steps) if "p99" in s["place"]["undersampled"]]
+        ax.scatter([x[i] for i in thin], [steps[i]["place"]["max_us"] / 1000 for i in thin],
+                   facecolors="none", edgecolors=colour, s=36)
+        ok = [i for i, s in enumerate(steps) if "p99" not in s["place"]["undersampled"]]
+        ax.scatter([x[i] for i in ok], [p99[i] for i in ok], color=colour, s=16)
+        k = summary.get("knees", {}).get(arch, {})
+        if k.get("knee_rate_per_s") is not None and k.get("place"):
+            kp = k["place"]
+            tail = kp["p99_us"] if "p99" not in kp["undersampled"] else kp["max_us"]
+            ax.scatter([k["achieved_per_s"]], [tail / 1000], marker="*", s=220, color=colour, zorder=5)
+    bound = summary.get("sweep", {}).get("p99_bound_ms")
+    if bound:
+        ax.axhline(bound, color="grey", linestyle=":", label=f"P99 bound {bound:g} ms")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("achieved placements per second (log)")
+    ax.set_ylabel("placement latency from intended start, ms (log)")
+    ax.set_title(f"{summary['experiment']}: latency against throughput ({summary['nodes']:,} nodes); "
+                 "star = knee, hollow = max of n")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def contention(conflicts_path: Path, latency_path: Path, summary: dict[str, Any]) -> None:
+    """Conflicts per placement, and placement P50/P99, against scheduler instances; one panel per policy."""
+    steps = summary["steps"]
+    policies = list(dict.fromkeys(s["params"]["policy"] for s in steps))
+    archs = list(dict.fromkeys(s["arch"] for s in steps))
+    fig, axes = plt.subplots(1, len(policies), figsize=(6 * len(policies), 4.2), squeeze=False, sharey=True)
+    fig2, axes2 = plt.subplots(1, len(policies), figsize=(6 * len(policies), 4.2), squeeze=False, sharey=True)
+    for ax, ax2, policy in zip(axes[0], axes2[0], policies, strict=True):
+        for arch in archs:
+            mine = [s for s in steps if s["arch"] == arch and s["params"]["policy"] == policy]
+            xs = [s["params"]["instances"] for s in mine]
+            rate = [s["counters"].get("conflicts", 0) / max(1, s["counters"].get("placed", 0)) for s in mine]
+            colour = _COLOURS.get(arch)
+            ax.plot(xs, rate, marker="o", color=colour, label=arch)
+            ax2.plot(xs, [s["place"]["p50_us"] / 1000 for s in mine], "--", marker=".", color=colour)
+            ax2.plot(xs, [s["place"]["p99_us"] / 1000 for s in mine], "-", marker="o", color=colour,
+                     label=f"{arch} (P99 solid, P50 dashed)")
+        for a, what in ((ax, "conflicts per placement"), (ax2, "placement latency, ms (log)")):
+            a.set_xscale("log", base=2)
+            a.set_xlabel("scheduler instances (same total rate)")
+            a.set_ylabel(what)
+            a.set_title(f"{summary['experiment']}: {policy}")
+            a.grid(True, which="both", alpha=0.3)
+            a.legend(fontsize=8)
+        ax2.set_yscale("log")
+    for f, p in ((fig, conflicts_path), (fig2, latency_path)):
+        f.tight_layout()
+        f.savefig(p, dpi=100)
+        plt.close(f)

@@ -9,9 +9,11 @@ registry of each architecture of the experiment on a fresh namespace and pool of
 
 * **Counts** (deterministic, robust on any machine). Per operation, the ``INFO
   commandstats`` delta divided by the number of calls (``commands``: every command the
-  server executed, the Lua scripts' inner calls included, since Redis counts those too),
-  and, from one extra pass watched with ``MONITOR``, the commands *clients* sent
-  (``client_commands``: script-internal calls, whose source MONITOR names ``lua``, left
+  server executed, the Lua scripts' inner calls included, since Redis counts those too;
+  ``redis_usec``: the microseconds Redis spent executing them, from the same deltas: the
+  Redis CPU an operation costs, which is what ``redis-select`` spends instead of the
+  scheduler's), and, from one extra pass watched with ``MONITOR``, the commands *clients*
+  sent (``client_commands``: script-internal calls, whose source MONITOR names ``lua``, left
   out; SLOWLOG cannot tell them apart on Redis 7+ and Valkey, which log them under the
   calling client's address). "A write is one round trip" reads ``client_commands.total
   == 1`` and ``evalsha == 1``; "an L1 read never touches Redis" reads ``commands.total == 0``.
@@ -20,10 +22,11 @@ registry of each architecture of the experiment on a fresh namespace and pool of
   every round, so drift from other processes falls on every lane alike. One sequential
   caller, per-call ``perf_counter_ns``, exact percentiles over every sample.
 
-The probe's registries never reap (``reap_interval_s = 0``) and their subscribers do not
-ping (an hour's interval): nothing runs in the background that could land a command in
-a counting window. Administrative commands (``info``, ``slowlog``, ``config``, ``client``,
-``hello``, ``flushall``, and the ``echo`` that ends a watched pass) are never counted.
+The probe's registries never reap (``reap_interval_s = 0``), their subscribers do not
+ping and the ttl-cache does not relist (an hour's interval each): nothing runs in the
+background that could land a command in a counting window. Administrative commands
+(``info``, ``slowlog``, ``config``, ``client``, ``hello``, ``flushall``, and the ``echo``
+that ends a watched pass) are never counted.
 """
 
 from __future__ import annotations
@@ -41,11 +44,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from lockless import NodeSpec, RedisConfig, RedisStore, Registry
+from sim import stats
 from sim.architectures import build
 from sim.config import ExperimentConfig
 
-#: Operations probed per architecture, in their first-round order.
-OPS = ("get", "select", "job_start", "job_finish", "heartbeat")
+#: Operations probed per architecture, in their first-round order (``place`` is ``place_job``:
+#: selection and admission, however the architecture does them).
+OPS = ("get", "select", "job_start", "job_finish", "heartbeat", "place")
+#: Operations that read a whole pool in a baseline: probed fewer times per round.
+_POOL_READS = ("select", "place")
 #: Commands that administer the server (ours or redis-py's connection set-up): never counted.
 ADMIN_COMMANDS = frozenset(
     {"info", "slowlog", "config", "client", "hello", "flushall", "select", "auth", "echo"}
@@ -78,35 +85,49 @@ def countable(stats: dict[str, int]) -> dict[str, int]:
 
 async def command_stats(client: aioredis.Redis) -> dict[str, int]:
     """``INFO commandstats`` as ``{command: calls}`` (Redis 7 subcommands kept as ``config|set``)."""
+    return (await command_table(client))[0]
+
+
+async def command_table(client: aioredis.Redis) -> tuple[dict[str, int], dict[str, int]]:
+    """``INFO commandstats`` as ``({command: calls}, {command: usec})``."""
     info = await client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_").lower(): int(fields["calls"])
-        for name, fields in info.items()
-        if isinstance(fields, dict) and "calls" in fields
-    }
+    calls, usec = {}, {}
+    for name, fields in info.items():
+        if isinstance(fields, dict) and "calls" in fields:
+            key = name.removeprefix("cmdstat_").lower()
+            calls[key] = int(fields["calls"])
+            usec[key] = int(fields.get("usec", 0))
+    return calls, usec
 
 
-async def server_stats(url: str) -> tuple[str, dict[str, int]]:
-    """The server's ``run_id`` (it changes when the server restarts) and its command stats."""
+async def server_stats(url: str) -> tuple[str, dict[str, int], dict[str, int]]:
+    """The server's ``run_id`` (it changes when the server restarts), command calls and command usec."""
     client = admin_client(url)
     try:
         run_id = str((await client.info("server")).get("run_id", ""))
-        return run_id, await command_stats(client)
+        calls, usec = await command_table(client)
+        return run_id, calls, usec
     finally:
         await client.aclose()
 
 
-def phase_commands(before: tuple[str, dict[str, int]], after: tuple[str, dict[str, int]]) -> dict[str, Any]:
+def phase_commands(before: tuple[Any, ...], after: tuple[Any, ...]) -> dict[str, Any]:
     """What the server executed between two :func:`server_stats` snapshots (admin commands left out).
 
+    ``usec`` is the time Redis spent executing them (INFO commandstats), by command.
     A server restarted in between (a ``restart_empty`` fault) starts its counts again:
     the result then holds the counts since the restart and says so.
     """
     restarted = before[0] != after[0]
     calls = countable(after[1] if restarted else _delta(before[1], after[1]))
+    usec: dict[str, int] = {}
+    if len(before) > 2 and len(after) > 2:
+        usec = countable(after[2] if restarted else _delta(before[2], after[2]))
     return {
         "calls": dict(sorted(calls.items())),
         "total": sum(calls.values()),
+        "usec": dict(sorted(usec.items())),
+        "usec_total": sum(usec.values()),
         "server_restarted": restarted,
     }
 
@@ -120,15 +141,8 @@ def admin_client(url: str) -> aioredis.Redis:
 
 
 def _summary(samples_ns: Sequence[int]) -> dict[str, Any]:
-    us = np.asarray(samples_ns, dtype=np.float64) / 1000.0
-    p50, p90, p99 = np.percentile(us, [50, 90, 99])
-    return {
-        "count": int(us.size),
-        "p50_us": round(float(p50), 2),
-        "p90_us": round(float(p90), 2),
-        "p99_us": round(float(p99), 2),
-        "max_us": round(float(us.max()), 2),
-    }
+    # Exact percentiles over every sample, with the thin ones marked (sim/stats.py).
+    return stats.summarize_samples(np.asarray(samples_ns, dtype=np.float64) / 1000.0)
 
 
 def _per_op(calls: Counter[str], ops: int) -> dict[str, float]:
@@ -144,6 +158,7 @@ class _Lane:
         self.arch, self.op, self.registry, self.specs = arch, op, registry, specs
         self.samples: list[int] = []
         self.commands: Counter[str] = Counter()
+        self.usec = 0
         self.calls = 0
         self._cursor = 0
         self._jobs: list[tuple[NodeSpec, str]] = []
@@ -161,6 +176,10 @@ class _Lane:
             return lambda: reg.get_node(pool, spec.node_id)
         if self.op == "select":
             return lambda: reg.select_nodes(pool, 1)
+        if self.op == "place":
+            self._serial += 1
+            placed = f"probe-place-{self.arch}-{self._serial}"
+            return lambda: reg.place_job(pool, placed)
         if self.op == "heartbeat":
             # Same load as registered: a quiet heartbeat (no new version, no event).
             return lambda: reg.heartbeat(pool, spec.node_id, load=spec.load)
@@ -259,7 +278,8 @@ async def run_probe(
         for i in range(0, len(specs), 500):
             await writer.register_many(specs[i : i + 500])
         for arch in archs:
-            registries[arch] = build(arch, reg_cfg, instance=f"probe-{arch}")
+            quiet = dataclasses.replace(config.baselines, refresh_s=3600.0)  # no relist mid-count
+            registries[arch] = build(arch, reg_cfg, instance=f"probe-{arch}", options=quiet)
         await asyncio.gather(*(r.start() for r in registries.values()))
 
         lanes: list[_Lane] = [_Lane("redis", "ping", None, specs)]
@@ -269,7 +289,7 @@ async def run_probe(
             lanes += by_op.values()
 
         def count(lane: _Lane) -> int:
-            return plan.selects_per_round if lane.op == "select" else plan.per_round
+            return plan.selects_per_round if lane.op in _POOL_READS else plan.per_round
 
         for lane in lanes:  # warm-up, unrecorded: connections opened, scripts loaded, indexes built
             await _run_lane(lane, admin, 3, timed=False)
@@ -281,9 +301,11 @@ async def run_probe(
                     # this lane before its job_start lane).
                     starter = lanes[lanes.index(lane) - 1]
                     await _run_lane(starter, admin, count(lane) - len(lane.pending), timed=False)
-                before = await command_stats(admin)
+                before, usec0 = await command_table(admin)
                 await _run_lane(lane, admin, count(lane), timed=True)
-                lane.commands.update(countable(_delta(before, await command_stats(admin))))
+                after, usec1 = await command_table(admin)
+                lane.commands.update(countable(_delta(before, after)))
+                lane.usec += sum(countable(_delta(usec0, usec1)).values())
                 lane.calls += count(lane)
         for lane in lanes:  # finish whatever the rotation left admitted
             while lane.op == "job_finish" and lane.pending:
@@ -321,6 +343,7 @@ async def run_probe(
     for lane in lanes[1:]:
         entry = _summary(lane.samples) if lane.samples else {"count": 0}
         entry["commands"] = _per_op(lane.commands, lane.calls) if lane.calls else {}
+        entry["redis_usec"] = round(lane.usec / lane.calls, 1) if lane.calls else 0.0
         if (lane.arch, lane.op) in client_cmds:
             entry["client_commands"] = client_cmds[(lane.arch, lane.op)]
         out["architectures"].setdefault(lane.arch, {})[lane.op] = entry

@@ -28,7 +28,21 @@ from lockless import new_histogram
 OPS = ("select", "get", "heartbeat", "register", "remove", "job_start", "job_finish", "place")
 #: Other distributions kept per architecture (all microseconds); ``ipc`` is the socket
 #: round trip's share of a call when schedulers run in their own processes (sim.remote).
-EXTRA = ("lag", "loop_lag", "staleness", "propagation", "ipc")
+#: ``utilization`` is busy slots per 1,000 slots, sampled every monitor interval; the
+#: others after it are where a baseline's time goes (``sim.architectures.BREAKDOWN``).
+EXTRA = (
+    "lag",
+    "loop_lag",
+    "staleness",
+    "propagation",
+    "ipc",
+    "utilization",
+    "lock_wait",
+    "redis_read",
+    "parse",
+    "select_cpu",
+    "relist",
+)
 
 _LOG_STEP = math.log(1.1)
 

@@ -125,19 +125,21 @@ def _error(name: str, message: str) -> RemoteCallError:
 
 # ----------------------------------------------------------- the scheduler
 def scheduler_main(
-    arch: str, config_frame: bytes, instance: int, name: str, path: str, nice: int = 0
+    arch: str, config_frame: bytes, instance: int, name: str, path: str, nice: int = 0, options: Any = None
 ) -> None:
     """Entry of a spawned scheduler process: build the registry, serve the harness until told to exit."""
     if nice:
         os.nice(nice)  # this process only: it yields the CPU to the harness, never the reverse
     config: RegistryConfig = pickle.loads(config_frame[4:])
-    asyncio.run(_serve(arch, config, instance, name, path))
+    asyncio.run(_serve(arch, config, instance, name, path, options))
 
 
-async def _serve(arch: str, config: RegistryConfig, instance: int, name: str, path: str) -> None:
+async def _serve(
+    arch: str, config: RegistryConfig, instance: int, name: str, path: str, options: Any = None
+) -> None:
     from sim.architectures import build  # the scheduler side only: the harness never builds registries
 
-    registry = build(arch, config, instance=name)
+    registry = build(arch, config, instance=name, options=options)
     reader, writer = await asyncio.open_unix_connection(path)
     writer.write(dumps(("hello", instance, os.getpid())))
     tasks: set[asyncio.Task[None]] = set()
@@ -353,9 +355,13 @@ class RemoteRegistry:
 class SchedulerProcesses:
     """Spawns one process per scheduler instance and connects a :class:`RemoteRegistry` to each."""
 
-    def __init__(self, arch: str, configs: dict[int, RegistryConfig], *, nice: int = 0) -> None:
+    def __init__(
+        self, arch: str, configs: dict[int, RegistryConfig], *, nice: int = 0, options: Any = None
+    ) -> None:
+        """``options``: the baselines' ``BaselineOptions`` (sim.architectures), handed to each process."""
         self.arch = arch
         self.nice = nice
+        self.options = options
         self.configs = configs
         self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
         self.registries: dict[int, RemoteRegistry] = {}
@@ -378,7 +384,7 @@ class SchedulerProcesses:
         for k, cfg in self.configs.items():
             proc = ctx.Process(
                 target=scheduler_main,
-                args=(self.arch, dumps(cfg), k, f"{self.arch}-{k}", path, self.nice),
+                args=(self.arch, dumps(cfg), k, f"{self.arch}-{k}", path, self.nice, self.options),
                 name=f"scheduler-{self.arch}-{k}",
                 daemon=True,
             )

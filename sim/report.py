@@ -8,7 +8,8 @@
   per operation, counters, errors, violations, the Redis commands the phase executed
   (``commands``: INFO commandstats delta), and the run's ``probe`` (sim/probe.py: commands
   per operation and interleaved latencies of every architecture, with a raw PING);
-* ``percentiles.csv`` - one row per (architecture, operation);
+* ``percentiles.csv`` - one row per (architecture, operation): P50/P95/P99/P99.9 with n, and
+  which of them too few samples back (``sim/stats.py``: shown as "max of n");
 * ``timeline.csv`` - faults, mode switches, violations, phase markers;
 * ``throughput.csv`` - per second and operation: completions, errors, ~P50/P99;
 * ``histograms/<arch>.<op>.hdr`` - HDR histograms in their encoded form (mergeable);
@@ -34,10 +35,15 @@ from typing import Any
 
 import tomli_w
 
+from sim import stats
+from sim.decision import decision_md, decision_metrics
 from sim.recorder import OPS, Recorder
 from sim.runner import RunOutcome
 
-PERCENTILES = (50, 90, 99, 99.9)
+PERCENTILES = stats.PERCENTILES
+#: Operations whose latency ratios to lockless get a confidence interval (placement path).
+RATIO_OPS = ("place", "select", "get", "job_start")
+RATIO_PERCENTILES = (50.0, 95.0, 99.0)
 
 
 def config_hash(config_dict: dict[str, Any]) -> str:
@@ -91,20 +97,13 @@ def arch_summary(rec: Recorder, max_lag_p99_ms: float) -> dict[str, Any]:
         if not hist.get_total_count() and not errors:
             continue
         ops[op] = {
-            "count": hist.get_total_count(),
+            **stats.summarize(hist),
             "errors": errors,
-            **{f"p{p:g}_us": hist.get_value_at_percentile(p) for p in PERCENTILES},
-            "max_us": hist.get_max_value(),
             "service_p50_us": service.get_value_at_percentile(50),
             "service_p99_us": service.get_value_at_percentile(99),
         }
     extra = {
-        name: {
-            "count": h.get_total_count(),
-            "p50_us": h.get_value_at_percentile(50),
-            "p99_us": h.get_value_at_percentile(99),
-            "max_us": h.get_max_value(),
-        }
+        name: {**stats.summarize(h), "mean": round(h.get_mean_value(), 1)}
         for name, h in rec.extra.items()
         if h.get_total_count()
     }
@@ -154,11 +153,21 @@ def write_run(outcome: RunOutcome, out_root: Path, *, now: dt.datetime | None = 
         "placement": placement(config),
         "max_lag_p99_ms": bound,
         "nodes": config.nodes.count,
+        "statistics": {
+            "percentiles": [stats.key(q) for q in PERCENTILES],
+            "min_samples": {stats.key(q): stats.min_samples(q) for q in PERCENTILES},
+            "undersampled": "shown as 'max of n' and never judged by a budget",
+            "ratio_interval": f"{stats.CONFIDENCE:.0%}, percentile bootstrap ({stats.RESAMPLES} resamples)",
+        },
         "architectures": archs,
-        "ratios_vs_lockless": ratios(archs),
+        "ratios_vs_lockless": ratios(outcome.recorders, archs),
     }
+    for arch, data in archs.items():  # what load each phase was given (rate, job length, slots)
+        if "workload" in outcome.phases.get(arch, {}):
+            data["workload"] = outcome.phases[arch]["workload"]
     if "probe" in outcome.phases:  # commands per operation and interleaved latencies (sim/probe.py)
         summary["probe"] = outcome.phases["probe"]
+    summary["decision"] = decision_metrics(summary)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _write_csvs(folder, outcome, archs)
     for arch, rec in outcome.recorders.items():
@@ -202,21 +211,24 @@ def _where(h: Any, n: int) -> str:
     return f"one process: the harness and all {n} scheduler instances share one event loop"
 
 
-def ratios(archs: dict[str, Any]) -> dict[str, Any]:
-    """Per baseline and operation: its P50 and P99 divided by lockless's, from this same run."""
-    base = archs.get("lockless")
+def ratios(recorders: dict[str, Recorder], archs: dict[str, Any]) -> dict[str, Any]:
+    """Per baseline and placement-path operation: its P50/P95/P99 over lockless's, same run, with
+    a 95% bootstrap interval (``sim/stats.py``); ``None`` where either side has too few samples."""
+    base = recorders.get("lockless")
     out: dict[str, Any] = {}
     if base is None:
         return out
-    for arch, data in archs.items():
+    for arch, rec in recorders.items():
         if arch == "lockless":
             continue
-        for op, stats in data["ops"].items():
-            mine = base["ops"].get(op)
-            if mine and mine["count"] and stats["count"]:
-                out.setdefault(arch, {})[op] = {
-                    p: round(stats[f"{p}_us"] / max(mine[f"{p}_us"], 1), 1) for p in ("p50", "p99")
-                }
+        for op in RATIO_OPS:
+            mine, theirs = base.latency[op], rec.latency[op]
+            if not (mine.get_total_count() and theirs.get_total_count()):
+                continue
+            out.setdefault(arch, {})[op] = {
+                stats.key(q): stats.ratio_interval(theirs, mine, q, seed=int(q * 10))
+                for q in RATIO_PERCENTILES
+            }
     return out
 
 
@@ -232,6 +244,7 @@ def _write_csvs(folder: Path, outcome: RunOutcome, archs: dict[str, Any]) -> Non
                 "errors",
                 *[f"p{p:g}_us" for p in PERCENTILES],
                 "max_us",
+                "undersampled",
                 "service_p50_us",
                 "service_p99_us",
             ]
@@ -247,6 +260,7 @@ def _write_csvs(folder: Path, outcome: RunOutcome, archs: dict[str, Any]) -> Non
                         s["errors"],
                         *[s[f"p{p:g}_us"] for p in PERCENTILES],
                         s["max_us"],
+                        " ".join(s["undersampled"]),
                         s["service_p50_us"],
                         s["service_p99_us"],
                     ]
@@ -310,36 +324,43 @@ def report_md(summary: dict[str, Any]) -> str:
         "",
         "## Latency from intended start (ms)",
         "",
-        "| arch | op | count | errors | P50 | P99 | P99.9 | max |",
-        "|---|---|---|---|---|---|---|---|",
+        "n is the sample count; a percentile that fewer than 10 samples lie beyond (P99 from under "
+        "1,000, P99.9 from under 10,000) is shown as 'max of n' (sim/stats.py).",
+        "",
+        "| arch | op | n | errors | P50 | P95 | P99 | P99.9 | max |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for arch, a in summary["architectures"].items():
         for op, s in a["ops"].items():
             if a["valid"]:
+                cells = " | ".join(stats.show(s, q, _ms) for q in PERCENTILES)
                 lines.append(
-                    f"| {arch} | {op} | {s['count']:,} | {s['errors']:,} | {_ms(s['p50_us'])} | "
-                    f"{_ms(s['p99_us'])} | {_ms(s['p99.9_us'])} | {_ms(s['max_us'])} |"
+                    f"| {arch} | {op} | {s['count']:,} | {s['errors']:,} | {cells} | {_ms(s['max_us'])} |"
                 )
             else:
                 lines.append(
                     f"| {arch} | {op} | {s['count']:,} | {s['errors']:,} | INVALID | INVALID | INVALID "
-                    "| INVALID |"
+                    "| INVALID | INVALID |"
                 )
     if summary["ratios_vs_lockless"]:
         lines += [
             "",
-            "## Ratios to lockless (same run)",
+            "## Ratios to lockless (same run, 95% bootstrap interval)",
             "",
-            "| arch | op | P50 x | P99 x |",
-            "|---|---|---|---|",
+            "arch / lockless of the same percentile; '-' where either side has too few samples for it.",
+            "",
+            "| arch | op | P50 x | P95 x | P99 x |",
+            "|---|---|---|---|---|",
         ]
         valid = {arch: a["valid"] for arch, a in summary["architectures"].items()}
         for arch, ops in summary["ratios_vs_lockless"].items():
             if not (valid[arch] and valid.get("lockless")):
-                lines.append(f"| {arch} | (all) | INVALID run: no ratio | |")
+                lines.append(f"| {arch} | (all) | INVALID run: no ratio | | |")
                 continue
             for op, r in ops.items():
-                lines.append(f"| {arch} | {op} | {r['p50']:g} | {r['p99']:g} |")
+                cells = " | ".join(stats.show_ratio(r.get(k)) for k in ("p50", "p95", "p99"))
+                lines.append(f"| {arch} | {op} | {cells} |")
+    lines += decision_md(summary)
     lines += ["", "## Consistency", ""]
     for arch, a in summary["architectures"].items():
         c = a["counters"]

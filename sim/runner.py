@@ -50,6 +50,7 @@ from sim.config import ExperimentConfig, from_mapping
 from sim.dispatcher import Dispatcher
 from sim.injector import FaultInjector
 from sim.model.plan import Cluster, Planner
+from sim.model.prefill import initial_jobs
 from sim.probe import phase_commands, run_probe, server_stats
 from sim.proxy import FaultProxy
 from sim.recorder import Recorder
@@ -91,13 +92,31 @@ def registry_config(config: ExperimentConfig, target: Target, instance: int) -> 
     )
 
 
-async def bootstrap(store: RedisStore, cluster: Cluster, batch: int = 1000) -> None:
-    """Register every node of ``cluster`` (pipelined heartbeats with the spec re-create unknown nodes)."""
+async def bootstrap(
+    store: RedisStore,
+    cluster: Cluster,
+    batch: int = 1000,
+    jobs: dict[int, list[tuple[str, float]]] | None = None,
+) -> None:
+    """Register every node of ``cluster`` (pipelined heartbeats with the spec re-create unknown nodes).
+
+    ``jobs`` (``sim.model.prefill``): node index -> jobs already running there, registered
+    as the node's job set (so ``current_jobs`` starts at their count).
+    """
     await store.load_scripts()
-    specs = list(cluster.specs.values())
-    for i in range(0, len(specs), batch):
+    jobs = jobs or {}
+    items = list(cluster.specs.items())
+    for i in range(0, len(items), batch):
         await store.heartbeat_many(
-            [Heartbeat(pool=s.pool, node_id=s.node_id, spec=s) for s in specs[i : i + batch]]
+            [
+                Heartbeat(
+                    pool=s.pool,
+                    node_id=s.node_id,
+                    spec=s,
+                    running_jobs=[job_id for job_id, _ in jobs[idx]] if idx in jobs else None,
+                )
+                for idx, s in items[i : i + batch]
+            ]
         )
 
 
@@ -122,8 +141,9 @@ async def shard_phase(
         config.registry.nodes,
     )
     planner = Planner(config, shard=shard, shards=shards, faults=owns_faults)
+    prefill = initial_jobs(config, planner.cluster)
     if shards == 1:
-        await bootstrap(checker, planner.cluster)
+        await bootstrap(checker, planner.cluster, jobs=prefill)
     schedulers: SchedulerProcesses | None = None
     registries: dict[int, Registry] = {}
     agents: RedisStore | None = None
@@ -142,11 +162,14 @@ async def shard_phase(
                 arch,
                 {k: registry_config(config, target, k) for k in planner.cluster.instances},
                 nice=harness.scheduler_nice,
+                options=config.baselines,
             )
             registries = dict(await schedulers.start())
         else:
             registries = {
-                k: build(arch, registry_config(config, target, k), instance=f"{arch}-{k}")
+                k: build(
+                    arch, registry_config(config, target, k), instance=f"{arch}-{k}", options=config.baselines
+                )
                 for k in planner.cluster.instances
             }
         await asyncio.gather(*(r.start() for r in registries.values()))
@@ -174,11 +197,18 @@ async def shard_phase(
             recorder=rec,
             on_fault=injector,
             heartbeat_sink=agents,
+            initial_jobs=prefill,
         )
         modes = ModeWatch(registries, rec, bridge)
         monitors = [
             asyncio.create_task(modes.run(harness.monitor_interval_s)),
             asyncio.create_task(loop_watch(rec, bridge, harness.monitor_interval_s)),
+            asyncio.create_task(
+                _utilization_watch(
+                    dispatcher, rec, bridge, len(planner.cluster.specs) * config.nodes.max_jobs,
+                    harness.monitor_interval_s,
+                )
+            ),
         ]
         monitors.append(
             asyncio.create_task(
@@ -222,6 +252,8 @@ async def shard_phase(
         for reg in registries.values():
             encoded, counters = await _registry_metrics(reg)
             rec.add_encoded("propagation", encoded.get("propagation_us", b""))
+            for name, extra in _BREAKDOWN_EXTRA.items():  # where a baseline's time went
+                rec.add_encoded(extra, encoded.get(name, b""))
             for name, value in counters.items():
                 if value:
                     rec.count(f"registry.{name}", value)
@@ -240,6 +272,26 @@ async def shard_phase(
         if schedulers is not None:
             await schedulers.stop()
         gc.unfreeze()
+
+
+#: A baseline's breakdown histograms (sim.architectures.BREAKDOWN) -> the run's distributions.
+_BREAKDOWN_EXTRA = {
+    "lock_wait_us": "lock_wait",
+    "redis_read_us": "redis_read",
+    "parse_us": "parse",
+    "select_us": "select_cpu",
+    "relist_us": "relist",
+}
+
+
+async def _utilization_watch(
+    dispatcher: Dispatcher, rec: Recorder, bridge: Bridge, slots: int, interval_s: float
+) -> None:
+    """Forever: busy slots per 1,000 slots (the harness's count), after the warm-up."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if slots and bridge.now() >= rec.record_from:
+            rec.observe("utilization", max(1.0, dispatcher.busy * 1000 / slots))
 
 
 def _ipc_recorder(rec: Recorder, bridge: Bridge) -> Callable[[float], None]:
@@ -336,7 +388,8 @@ async def _parent_phase(
         config.registry.nodes,
     )
     try:
-        await bootstrap(checker, Cluster(config))
+        cluster = Cluster(config)
+        await bootstrap(checker, cluster, jobs=initial_jobs(config, cluster))
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
         # Workers import, connect and (lockless) relist before the start; give them time for it.
@@ -431,6 +484,8 @@ async def run_async(
         outcome.machine["loadavg_start"] = _loadavg()
         token = uuid.uuid4().hex[:6]
         for arch in config.experiment.architectures:
+            phase_config = config.for_architecture(arch)
+            outcome.phases.setdefault(arch, {})["workload"] = workload(phase_config)
             target = Target(
                 registry_url=proxy.url if proxy else server_url,
                 checker_url=server_url,
@@ -438,9 +493,11 @@ async def run_async(
             )
             stats0 = await server_stats(server_url)
             if config.harness.workers > 1:
-                rec = await _parent_phase(config, arch, target, server, proxy, progress)
+                rec = await _parent_phase(phase_config, arch, target, server, proxy, progress)
             else:
-                rec = await shard_phase(config, arch, target, server=server, proxy=proxy, progress=progress)
+                rec = await shard_phase(
+                    phase_config, arch, target, server=server, proxy=proxy, progress=progress
+                )
             outcome.recorders[arch] = rec
             await _forget(target, server)
             # What the server executed for this phase (INFO commandstats delta; sim/probe.py).
@@ -457,6 +514,22 @@ async def run_async(
         if server is not None and owns_server:
             await asyncio.to_thread(server.cleanup)
     return outcome
+
+
+def workload(config: ExperimentConfig) -> dict[str, Any]:
+    """What load a phase was given: rate, duration, job length, slots and target utilization."""
+    jobs = config.jobs
+    return {
+        "arrival_rate_per_s": jobs.arrival_rate_per_s,
+        "duration_s": config.experiment.duration_s,
+        "warmup_s": config.experiment.warmup_s,
+        "job_duration_mean_s": round(jobs.duration_mean_s, 3),
+        "slots": config.slots,
+        "target_utilization": jobs.utilization,
+        "instances": config.schedulers.instances,
+        "policy": config.registry.cache.policy,
+        "api": jobs.api,
+    }
 
 
 async def _forget(target: Target, server: RedisServer | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -74,3 +75,56 @@ def version_in(registry, pool: str, node_id: str) -> int:
     """The version of the node in the registry's L1 (0 if it holds none)."""
     node = registry.cached(pool, node_id)
     return node.version if node is not None else 0
+
+
+class StallMeter:
+    """Measures the stretches in which this process could not run Python at all.
+
+    A thread ticks every ``tick_s``; a tick that comes back much later than asked means the
+    process was descheduled (a busy shared machine), or something held the GIL (a garbage
+    collection of Hypothesis's data). Time bounds on the code under test subtract these
+    stalls, which are no fault of the code, and stay strict about everything else: the
+    library's own Python gives the GIL up every switch interval, so it does not count here.
+    """
+
+    def __init__(self, *, tick_s: float = 0.002, late_s: float = 0.01) -> None:
+        self._tick_s = tick_s
+        self._late_s = late_s
+        self._stalls: list[tuple[float, float]] = []
+        self._seen_until = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-meter", daemon=True)
+
+    def __enter__(self) -> StallMeter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            before = time.monotonic()
+            time.sleep(self._tick_s)
+            after = time.monotonic()
+            with self._lock:
+                if after - before - self._tick_s > self._late_s:
+                    self._stalls.append((before + self._tick_s, after))
+                self._seen_until = after
+
+    def stalled(self, start: float, end: float, *, timeout: float = 1.0) -> float:
+        """Seconds of ``[start, end]`` (``time.monotonic``) spent in stalls.
+
+        Blocks (at most ``timeout``) until the meter has ticked past ``end``, so that a stall
+        still being measured is counted; meant for the slow path of a bound check.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                seen, stalls = self._seen_until, list(self._stalls)
+            if seen >= end or time.monotonic() >= deadline or not self._thread.is_alive():
+                break
+            time.sleep(self._tick_s)  # the meter thread needs the GIL to record its tick
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in stalls)

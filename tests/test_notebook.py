@@ -56,13 +56,80 @@ def test_notebook_renders_every_section_from_a_smoke_run(smoke_result: Path) -> 
     errors = [o for o in _outputs(nb) if o.get("output_type") == "error"]
     assert not errors, errors
     images = [o for o in _outputs(nb) if "image/png" in o.get("data", {})]
-    # CDFs, latency over time (smoke has a pub/sub kill), propagation, scaling.
-    assert len(images) == 4
+    # CDFs, latency over time (smoke has a pub/sub kill), propagation, scaling, cost vs freshness.
+    assert len(images) == 5
     text = _text(nb)
     assert "Read **1** experiment(s)" in text
-    assert "p99 ms" in text and "select" in text and "locked" in text
+    assert "p99 ms" in text and "place" in text and "locked" in text and "redis-select" in text
+    assert "max of" in text  # a 5 s smoke run has too few samples for its P99s
     assert "normal->l2_only" in text  # the mode switches of the pub/sub kill, listed under the plot
     assert "raw PING P50" in text  # the probe section
+    assert "P50 x lockless [95%]" in text  # the baselines table, from smoke when no baselines run
+    assert "Skipped: no knee sweep" in text and "Skipped: no contention run" in text
+
+
+def _many_results(root: Path, kind: str) -> None:
+    """A sweep or contention result folder written by the real writer from made-up steps."""
+    from sim.config import from_mapping
+    from sim.sweep import ManyOutcome, Step, judge
+    from sim.sweep_report import write_many
+
+    extra = (
+        {"sweep": {"rates_per_s": [1.0, 2.0, 4.0], "p99_bound_ms": 10.0}}
+        if kind == "sweep"
+        else {"contention": {"instances": [1, 2], "policies": ["least_loaded", "power_of_two"]}}
+    )
+    config = from_mapping({"experiment": {"name": kind, "kind": kind}, **extra})
+    outcome = ManyOutcome(config=config)
+    for arch, slow in (("lockless", 1), ("locked", 40)):
+        cells = (
+            [({"rate_per_s": r, "arrival_rate_per_s": r}, r) for r in (1.0, 2.0, 4.0)]
+            if kind == "sweep"
+            else [
+                ({"policy": p, "instances": n}, n) for p in ("least_loaded", "power_of_two") for n in (1, 2)
+            ]
+        )
+        for params, x in cells:
+            us = int(1000 * slow * x)
+            step = Step(
+                arch=arch,
+                label=str(params),
+                params=params,
+                valid=True,
+                invalid_reason="",
+                lag_p99_ms=1.0,
+                place={
+                    "count": 1500,
+                    "p50_us": us,
+                    "p95_us": 2 * us,
+                    "p99_us": 3 * us,
+                    "p99.9_us": 4 * us,
+                    "max_us": 5 * us,
+                    "undersampled": ["p99.9"],
+                },
+                place_hdr="",
+                counters={"placed": 1500, "conflicts": int(10 * x)},
+                errors=0,
+                commands={},
+                utilization=0.85,
+                data_age_p50_ms=1.0,
+                achieved_per_s=x,
+            )
+            if kind == "sweep":
+                judge(step, config)
+            outcome.steps.append(step)
+    write_many(outcome, root)
+
+
+def test_notebook_draws_knees_and_conflicts_from_sweep_and_contention_results(tmp_path: Path) -> None:
+    _many_results(tmp_path, "sweep")
+    _many_results(tmp_path, "contention")
+    nb = _execute(tmp_path)
+    assert not [o for o in _outputs(nb) if o.get("output_type") == "error"]
+    images = [o for o in _outputs(nb) if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the knee plot and the conflicts plot; comparison sections skip
+    text = _text(nb)
+    assert "stopped at /s" in text and "conflicts / pl." in text
 
 
 def test_notebook_says_so_when_there_are_no_results(tmp_path: Path) -> None:

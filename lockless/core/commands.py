@@ -19,9 +19,12 @@ from lockless.core.snapshot import NodeSpec
 from lockless.errors import ConfigError
 
 
-def _check_text(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(name, value, "a non-empty string")
+def _check_text(command: object, *names: str) -> None:
+    """Each named field of ``command`` must be a non-empty string (ConfigError names the first not)."""
+    for name in names:
+        value = getattr(command, name)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(name, value, "a non-empty string")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,8 +42,7 @@ class Heartbeat:
     spec: NodeSpec | None = None
 
     def __post_init__(self) -> None:
-        _check_text("pool", self.pool)
-        _check_text("node_id", self.node_id)
+        _check_text(self, "pool", "node_id")
         if self.running_jobs is not None:
             if isinstance(self.running_jobs, str | bytes):
                 raise ConfigError("running_jobs", self.running_jobs, "a collection of job ids, e.g. ['j1']")
@@ -75,8 +77,7 @@ class Remove:
     node_id: str
 
     def __post_init__(self) -> None:
-        _check_text("pool", self.pool)
-        _check_text("node_id", self.node_id)
+        _check_text(self, "pool", "node_id")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,9 +91,7 @@ class JobStart:
     job_id: str
 
     def __post_init__(self) -> None:
-        _check_text("pool", self.pool)
-        _check_text("node_id", self.node_id)
-        _check_text("job_id", self.job_id)
+        _check_text(self, "pool", "node_id", "job_id")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,9 +105,7 @@ class JobFinish:
     job_id: str
 
     def __post_init__(self) -> None:
-        _check_text("pool", self.pool)
-        _check_text("node_id", self.node_id)
-        _check_text("job_id", self.job_id)
+        _check_text(self, "pool", "node_id", "job_id")
 
 
 #: Every write the registry makes (and may journal).

@@ -30,6 +30,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lockless.config import TLS_VERIFY_MODES, RedisConfig
 from lockless.errors import ConfigError, RedisUnavailable, TlsError
@@ -182,6 +184,9 @@ class ConnectionFactory:
             # (EqualJitterBackoff exists in every redis-py this project supports; the newer
             # ExponentialWithJitterBackoff does not exist before 5.3.)
             "retry": Retry(EqualJitterBackoff(cap=0.05, base=0.01), cfg.retries),
+            # Said explicitly: redis-py 5.0's pipelines retry only on the errors named here (none
+            # by default), so a pooled socket the server had closed failed the whole call.
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
             "decode_responses": True,
             # A record holding bytes that are not UTF-8 must reach the codec (which rejects it
             # as a MalformedRecord naming the field), not fail inside redis-py's reply decoding.

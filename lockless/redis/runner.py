@@ -73,11 +73,13 @@ class ScriptRunner:
         calls: Sequence[Call],
         *,
         before: Callable[[Any], None] | None = None,
+        after: Callable[[Any], None] | None = None,
     ) -> list[Any]:
         """Several calls of one script pipelined in one round trip; returns their replies.
 
-        ``before(pipeline)`` may queue other commands ahead of the calls (their replies
-        come first in the list). The first error reply is raised after the batch.
+        ``before(pipeline)`` and ``after(pipeline)`` may queue other commands ahead of or
+        behind the calls (their replies come first or last in the list). The first error
+        reply is raised after the batch, unless it answers a command of ``after``.
         """
         sha = self._shas[name]
 
@@ -88,11 +90,14 @@ class ScriptRunner:
                     before(pipe)
                 for keys, argv in calls:
                     pipe.evalsha(sha, len(keys), *keys, *argv)
+                checked = len(pipe)  # replies that must not be errors: everything but `after`'s
+                if after is not None:
+                    after(pipe)
                 replies = await pipe.execute(raise_on_error=False)
                 if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                     await self._client.script_load(self._bodies[name])
                     continue
-                for reply in replies:
+                for reply in replies[:checked]:
                     if isinstance(reply, Exception):
                         raise reply
                 return replies

@@ -133,6 +133,26 @@ class RedisStore:
         (version,) = await self.register_many([spec])
         return version
 
+    async def register_and_read(self, spec: NodeSpec) -> tuple[int, NodeSnapshot | None]:
+        """Register, and read the record as it now stands, in the same round trip.
+
+        The record (None if it did not decode) lets the writer see its own registration at
+        once, before the event reaches its subscriber (read-your-writes).
+        """
+        pool, node_id = spec.pool, spec.node_id
+        replies = await self.scripts.call_many(
+            "register",
+            [self.args.register(spec)],
+            before=lambda pipe: pipe.sadd(self.keys.pools(), pool),
+            after=lambda pipe: pipe.hgetall(self.keys.node(pool, node_id)),
+        )
+        version, raw = int(replies[1]), replies[2]
+        try:
+            record = parse_node_hash(pool, node_id, raw) if isinstance(raw, dict) and raw else None
+        except MalformedRecord:
+            record = None
+        return version, record
+
     async def register_many(self, specs: Sequence[NodeSpec]) -> list[int]:
         """Registrations pipelined into one round trip (bulk loads, harness start-up)."""
         if not specs:

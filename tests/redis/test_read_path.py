@@ -474,3 +474,15 @@ async def test_local_admissions_count_against_capacity_in_the_local_view(fault_s
         assert (await registry.select_nodes(POOL)).picks == ()
         second = await registry.job_start(POOL, "n1", "b")
         assert (second.admitted, second.reason) == (False, "full")
+
+
+async def test_a_registration_is_read_back_at_once_without_its_event(fault_server, proxy, ns: str) -> None:
+    # Read-your-writes: with the event stream held, the registering instance still sees the node
+    # (the record is read back in the registration's own round trip) and can place on it.
+    async with HeldEvents(fault_server, proxy, ns) as registry:
+        proxy.blackhole(True)
+        version = await registry.register_node(spec("fresh", max_jobs=2))
+        node = registry.cached(POOL, "fresh")
+        assert node is not None and (node.version, node.max_jobs, node.current_jobs) == (version, 2, 0)
+        placement = await registry.place_job(POOL, "j1")
+        assert placement.node_id == "fresh"

@@ -227,7 +227,15 @@ def test_smoke_run_records_commands_and_probe(smoke_result: Path) -> None:
         "evalsha": 1.0,
         "total": 1.0,
     }
-    assert probe["architectures"]["locked"]["select"]["client_commands"]["hgetall"] == probe["nodes"]
+    # A locked selection reads the selection fields of every node (HMGET), never whole records.
+    assert probe["architectures"]["locked"]["select"]["client_commands"]["hmget"] == probe["nodes"]
+    assert "hgetall" not in probe["architectures"]["locked"]["select"]["client_commands"]
+    # redis-select places in one script call; ttl-cache and lockless select from memory.
+    one_call = {"evalsha": 1.0, "total": 1.0}
+    assert probe["architectures"]["redis-select"]["place"]["client_commands"] == one_call
+    for arch in ("lockless", "ttl-cache"):
+        assert probe["architectures"][arch]["select"]["commands"]["total"] == 0, arch
+    assert probe["architectures"]["redis-select"]["place"]["redis_usec"] > 0
 
 
 def test_smoke_run_meets_the_committed_budgets(smoke_result: Path) -> None:

@@ -10,7 +10,7 @@ from lockless.config import RedisConfig, RegistryConfig
 from lockless.core.snapshot import NodeSpec, Requirements
 from lockless.errors import ConfigError, UnknownPool
 from lockless.protocol import Heartbeat, Registry
-from sim.architectures import LockedRegistry, build
+from sim.architectures import ARCHITECTURES, LockedRegistry, build
 
 
 @pytest.fixture(params=["locked", "direct"])
@@ -86,4 +86,5 @@ async def test_locked_serialises_reads_and_writes(redis_url: str, ns: str) -> No
 def test_unknown_architecture() -> None:
     with pytest.raises(ConfigError) as info:
         build("cached", RegistryConfig())
-    assert info.value.allowed == "lockless | locked | direct"
+    assert info.value.allowed == " | ".join(ARCHITECTURES)
+    assert {"lockless", "locked", "direct", "ttl-cache", "redis-select"} <= set(ARCHITECTURES)

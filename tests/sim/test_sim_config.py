@@ -34,7 +34,8 @@ def test_bad_fault_kind_and_architecture() -> None:
     err = _error({"experiment": {"name": "x"}, "faults": [{"kind": "boom", "at_s": 1.0}]})
     assert err.field == "faults.kind" and "pause" in err.allowed and "latency" in err.allowed
     err = _error({"experiment": {"name": "x", "architectures": ["fast"]}})
-    assert err.field == "experiment.architectures" and err.allowed == "lockless | locked | direct"
+    assert err.field == "experiment.architectures"
+    assert err.allowed == "lockless | locked | direct | ttl-cache | redis-select"
 
 
 def test_wrong_type_and_range() -> None:

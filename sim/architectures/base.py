@@ -1,24 +1,17 @@
-"""The architectures under test, behind the one ``Registry`` interface.
+"""What every baseline shares: the library's store and selection, a reaper, a reported mode.
 
-* ``lockless`` - the library (:class:`lockless.registry.LocklessRegistry`).
-* ``locked``   - the old design, built as people build it: one registry object behind one
-  ``asyncio.Lock``. Selection takes the lock and reads the pool's node records from Redis
-  under it (ZRANGE of ``alive`` + pipelined HGETALL), then selects; every write takes
-  the same lock. Placement latency therefore grows with pool size and with load.
-* ``direct``   - no cache and no lock: every read goes to Redis (same relist + select).
-
-The baselines share the library's Redis write path (:class:`RedisStore`, the same Lua
-scripts with the same admission control) and its selection code, so the comparison
+The baselines use the library's Redis write path (:class:`RedisStore`: the same Lua
+scripts with the same admission control) and its selection code, so a comparison
 isolates what the architectures differ in: where reads come from and who waits for whom.
-They read a pool in pipelined batches of :data:`RELIST_BATCH`, yielding the event loop
-between batches as a careful implementation would (one 10,000-record read would stall
-every other task on the loop, harness included, for tens of milliseconds).
 
 Baselines have no degradation modes. They report ``LOCAL_ONLY`` after a failed Redis call
 and ``NORMAL`` after a successful one, and log those switches like the library does, so
-the mode timeline shows their outages too. They keep no cache (``cached_view`` is
-``None``) and never admit locally (no replay rejections); they place through the same
-:func:`lockless.protocol.place` as the library.
+the mode timeline shows their outages too. They never admit locally (no replay
+rejections). ``_guard`` is the hook a design puts its lock in (``locked``); by default it
+is free.
+
+Where time goes is recorded in the instance's metrics as extra histograms (microseconds),
+which the runner merges into the run's distributions: :data:`BREAKDOWN`.
 """
 
 from __future__ import annotations
@@ -28,11 +21,9 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 
 from lockless import (
     Admission,
-    ConfigError,
     Heartbeat,
     HeartbeatResult,
     Metrics,
@@ -44,57 +35,50 @@ from lockless import (
     Placement,
     RedisStore,
     RedisUnavailable,
-    Registry,
     RegistryConfig,
     Requirements,
     Selection,
     UnknownPool,
-    is_placeable,
+    cancel_and_wait,
+    new_histogram,
     place,
-    placement_key,
-    select,
 )
+from sim.architectures.options import BaselineOptions
 
-ARCHITECTURES = ("lockless", "locked", "direct")
-#: Records per pipelined HGETALL batch when a baseline reads a pool.
-RELIST_BATCH = 25
-
-
-@dataclass(frozen=True, slots=True)
-class _ListedPool:
-    """A pool as read from Redis, shaped as selection's ``PoolView``."""
-
-    nodes: Mapping[str, NodeSnapshot]
-    placeable: Sequence[tuple[float, float, str]]
-    draining: int
-
-    @classmethod
-    def of(cls, nodes: Sequence[NodeSnapshot]) -> _ListedPool:
-        # One sort of the placeable keys: cheaper than growing a SortedList node by node.
-        by_id = {n.node_id: n for n in nodes}
-        placeable = sorted(placement_key(n) for n in nodes if is_placeable(n))
-        draining = sum(1 for n in nodes if n.status == "draining")
-        return cls(by_id, placeable, draining)
+#: Histograms (us) a baseline may add to its metrics, and what each measures.
+BREAKDOWN = {
+    "lock_wait_us": "waiting for the registry lock (locked: every guarded call)",
+    "redis_read_us": "a selection's pool read: awaited round trips (network, Redis, reply decoding)",
+    "parse_us": "a selection's pool read: Python turning replies into snapshots",
+    "select_us": "selection over the pool view (pure CPU)",
+    "relist_us": "ttl-cache: one background relist of a pool, end to end",
+}
 
 
-class _RedisBackedRegistry:
-    """What the baselines share: a store, selection over a pool read from Redis, a reaper.
-
-    ``_guard`` is the only difference between them: a real lock for ``locked``, a no-op
-    for ``direct``.
-    """
+class RedisBackedRegistry:
+    """The shared part of every baseline; see the module docstring."""
 
     name = "baseline"
 
-    def __init__(self, config: RegistryConfig, *, instance: str | None = None) -> None:
+    def __init__(
+        self, config: RegistryConfig, *, instance: str | None = None, options: BaselineOptions | None = None
+    ) -> None:
         self.config = config
+        self.options = options or BaselineOptions()
         self.instance = instance or f"{self.name}-{id(self):x}"
         self._metrics = Metrics(self.instance)
         self.store = RedisStore(config.redis, config.nodes, metrics=self._metrics)
         self._rng = random.Random(config.cache.seed)
         self._mode = Mode.NORMAL
         self._switches: list[ModeSwitch] = []
-        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _timer(self, name: str) -> None:
+        """Add the breakdown histogram ``name`` to this instance's metrics."""
+        self._metrics.histograms.setdefault(name, new_histogram())
+
+    def _observe(self, name: str, seconds: float) -> None:
+        self._metrics.observe_us(name, seconds * 1e6)
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
@@ -121,14 +105,15 @@ class _RedisBackedRegistry:
     async def start(self) -> None:
         await self._redis(self.store.load_scripts())
         if self.config.nodes.reap_interval_s > 0:
-            self._reaper = asyncio.create_task(self._reap_loop(), name=f"{self.instance}-reaper")
+            self._spawn(self._reap_loop(), "reaper")
+
+    def _spawn(self, coro, what: str) -> None:  # type: ignore[no-untyped-def]
+        self._tasks.append(asyncio.create_task(coro, name=f"{self.instance}-{what}"))
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        tasks, self._tasks = self._tasks, []
+        # One cancel() can be swallowed by redis-py's wait_for on Python 3.11; this repeats it.
+        await cancel_and_wait(tasks)
         with contextlib.suppress(Exception):
             await self.store.close()
 
@@ -149,10 +134,10 @@ class _RedisBackedRegistry:
         return tuple(self._switches)
 
     def last_sync_age(self) -> float:
-        """Baselines read Redis on every decision: their data is as fresh as the read."""
+        """Baselines without a cache read Redis on every decision: their data is as fresh as the read."""
         return 0.0
 
-    async def cached_view(self, pool: str) -> None:
+    async def cached_view(self, pool: str) -> Mapping[str, NodeSnapshot] | None:
         """No cache: every read goes to Redis."""
         self._check_pool(pool)
         return None
@@ -182,17 +167,7 @@ class _RedisBackedRegistry:
         *,
         policy: str | None = None,
     ) -> Selection:
-        self._check_pool(pool)
-        async with self._guard():
-            listing = await self._redis(self.store.relist(pool, batch=RELIST_BATCH))
-            return select(
-                _ListedPool.of(listing.nodes),
-                pool=pool,
-                count=count,
-                requirements=requirements,
-                policy=policy or self.config.cache.policy,
-                rng=self._rng,
-            )
+        raise NotImplementedError
 
     async def place_job(
         self, pool: str, job_id: str, requirements: Requirements | None = None, *, policy: str | None = None
@@ -241,38 +216,3 @@ class _RedisBackedRegistry:
             # (released, version[, current_jobs]): only the first field matters here.
             reply = await self._redis(self.store.job_finish(pool, node_id, job_id))
             return bool(reply[0])
-
-
-class LockedRegistry(_RedisBackedRegistry):
-    """The old design: one registry behind one ``asyncio.Lock``; reads go to Redis under it."""
-
-    name = "locked"
-
-    def __init__(self, config: RegistryConfig, *, instance: str | None = None) -> None:
-        super().__init__(config, instance=instance)
-        self._lock = asyncio.Lock()
-
-    @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        async with self._lock:
-            yield
-
-
-class DirectRegistry(_RedisBackedRegistry):
-    """No cache, no lock: every read from Redis."""
-
-    name = "direct"
-
-
-def build(name: str, config: RegistryConfig, *, instance: str | None = None) -> Registry:
-    """A registry of architecture ``name`` (``lockless`` | ``locked`` | ``direct``), not yet started."""
-    if name == "lockless":
-        # Imported lazily: the baselines must not depend on the library's cache being importable.
-        from lockless import LocklessRegistry
-
-        return LocklessRegistry(config, name="lockless", instance=instance)
-    if name == "locked":
-        return LockedRegistry(config, instance=instance)
-    if name == "direct":
-        return DirectRegistry(config, instance=instance)
-    raise ConfigError("architecture", name, " | ".join(ARCHITECTURES))
