@@ -38,6 +38,7 @@ from lockless.errors import (
     MalformedRecord,
     RedisUnavailable,
     StaleRead,
+    TlsError,
     UnknownPool,
 )
 from lockless.metrics import (
@@ -105,6 +106,7 @@ __all__ = [
     "StaleRead",
     "SubscriberConfig",
     "SystemClock",
+    "TlsError",
     "UnknownPool",
     "cancel_and_wait",
     "is_placeable",

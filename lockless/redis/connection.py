@@ -13,7 +13,12 @@ from the URL's query in redis-py's spelling (``rediss://host:6380/0?ssl_ca_certs
 
 :meth:`ConnectionFactory.check` opens one stream and PINGs before anything else runs, so
 a TLS or AUTH problem at start is one clear error naming TLS and the setting involved
-(:class:`~lockless.errors.TlsError`), not a subscription that never comes up.
+(:class:`~lockless.errors.TlsError`), not a subscription that never comes up. The setting
+is named as the user wrote it (``redis.tls_ca_file``, or ``ssl_ca_certs in redis.url``).
+Connect and handshake are separate steps, so "nothing listens" (RedisUnavailable), "the
+port does not answer TLS" and "the certificate did not verify" read differently. A server
+that requires a client certificate refuses one missing either with the TLS alert or with a
+bare reset after the handshake (Redis 7.0 mostly resets): both name ``tls_cert_file``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 _HOSTNAME_MISMATCH = 62
 
 
+#: Config field -> the URL query parameter (redis-py's spelling) that sets it when the field is unset.
+URL_SPELLING = {
+    "tls_ca_file": "ssl_ca_certs",
+    "tls_cert_file": "ssl_certfile",
+    "tls_key_file": "ssl_keyfile",
+    "tls_verify": "ssl_cert_reqs",
+    "tls_check_hostname": "ssl_check_hostname",
+}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsSettings:
     """How the client side of TLS is set up (one context for every connection)."""
@@ -52,6 +67,18 @@ class TlsSettings:
     key_file: str | None
     verify: str
     check_hostname: bool
+    #: Fields (``tls_ca_file``...) set in the config, and those set by the URL's query: an
+    #: error names a setting as the user wrote it.
+    from_fields: frozenset[str] = frozenset()
+    from_url: frozenset[str] = frozenset()
+
+    def setting(self, field: str) -> str:
+        """How the user sets ``field`` (e.g. ``tls_ca_file``): as they did, or both ways if unset."""
+        if field in self.from_fields:
+            return f"redis.{field}"
+        if field in self.from_url:
+            return f"{URL_SPELLING[field]} in redis.url"
+        return f"redis.{field} (or {URL_SPELLING[field]} in redis.url)"
 
     def context(self) -> ssl.SSLContext:
         """Build the SSL context; an unreadable file is a ConfigError naming its field."""
@@ -113,6 +140,10 @@ def parse_endpoint(config: RedisConfig) -> Endpoint:
             key_file=config.tls_key_file or query.get("ssl_keyfile"),
             verify=_verify(config.tls_verify or query.get("ssl_cert_reqs") or "required"),
             check_hostname=_check_hostname(config.tls_check_hostname, query.get("ssl_check_hostname")),
+            from_fields=frozenset(f for f in URL_SPELLING if getattr(config, f) is not None),
+            from_url=frozenset(
+                f for f, name in URL_SPELLING.items() if getattr(config, f) is None and name in query
+            ),
         )
         if tls.check_hostname and tls.verify == "none":
             raise ConfigError("redis.tls_check_hostname", True, "false when redis.tls_verify is 'none'")
@@ -210,39 +241,82 @@ class ConnectionFactory:
 
     async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connected stream (TLS and AUTH done) for the subscriber's bare RESP session."""
-        ep, timeout = self.endpoint, self.config.connect_timeout_s
+        reader, writer = await self._open()
+        try:
+            await self._handshake(writer)
+            await self._authenticate(reader, writer)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The TCP (or Unix socket) connection, before any TLS."""
+        ep = self.endpoint
         if ep.path is not None:
             opening = asyncio.open_unix_connection(ep.path)
         else:
-            opening = asyncio.open_connection(ep.host, ep.port, ssl=self.tls_context)
-        reader, writer = await asyncio.wait_for(opening, timeout)
-        if ep.password:
-            who = [ep.username.encode()] if ep.username else []
-            try:
-                reply = await _round_trip(reader, writer, [b"AUTH", *who, ep.password.encode()], timeout)
-            except BaseException:
-                writer.close()
-                raise
-            if isinstance(reply, Exception):
-                writer.close()
-                raise ConnectionError(f"AUTH refused: {reply}")
-        return reader, writer
+            opening = asyncio.open_connection(ep.host, ep.port)
+        return await asyncio.wait_for(opening, self.config.connect_timeout_s)
+
+    async def _handshake(self, writer: asyncio.StreamWriter) -> None:
+        """For ``rediss://``: TLS over the open connection, with the factory's one context.
+
+        Apart from the TCP connect so that a failure says which of the two failed (a
+        plaintext server on a TLS URL never answers the hello: that is a timeout here).
+        """
+        if self.tls_context is None:
+            return
+        handshake = writer.start_tls(self.tls_context, server_hostname=self.endpoint.host)
+        await asyncio.wait_for(handshake, self.config.connect_timeout_s)
+
+    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ep = self.endpoint
+        if not ep.password:
+            return
+        who = [ep.username.encode()] if ep.username else []
+        command = [b"AUTH", *who, ep.password.encode()]
+        reply = await _round_trip(reader, writer, command, self.config.connect_timeout_s)
+        if isinstance(reply, Exception):
+            raise RedisUnavailable(f"{ep.describe()} refused AUTH: {reply}")
 
     async def check(self) -> None:
         """Open one stream and PING: a TLS, AUTH or connect problem becomes one clear error."""
+        where = self.endpoint.describe()
         try:
-            reader, writer = await self.open_stream()
-            try:
-                reply = await _round_trip(reader, writer, [b"PING"], self.config.socket_timeout_s)
-            finally:
-                writer.close()
+            reader, writer = await self._open()
+        except (OSError, TimeoutError) as exc:
+            raise RedisUnavailable(f"cannot reach {where}: {type(exc).__name__}: {exc}") from exc
+        handshaken = False
+        try:
+            await self._handshake(writer)
+            handshaken = True
+            await self._authenticate(reader, writer)
+            reply = await _round_trip(reader, writer, [b"PING"], self.config.socket_timeout_s)
         except ssl.SSLError as exc:
+            # With TLS 1.3 the client's side of the handshake is done before the server has
+            # judged our certificate, so that refusal (an alert) arrives on the first read.
             raise self._tls_failure(exc) from exc
         except (OSError, TimeoutError, ConnectionError) as exc:
-            where = self.endpoint.describe()
-            raise RedisUnavailable(f"cannot reach {where}: {type(exc).__name__}: {exc}") from exc
+            if self.tls_context is not None and not handshaken:
+                raise self._tls_unanswered(exc) from exc
+            if self.tls_context is not None and _lost(exc):
+                raise self._tls_closed(exc, "after the TLS handshake, before answering") from exc
+            raise RedisUnavailable(f"{where} did not answer PING: {type(exc).__name__}: {exc}") from exc
+        finally:
+            writer.close()
         if isinstance(reply, Exception):
-            raise RedisUnavailable(f"{self.endpoint.describe()} answered PING with an error: {reply}")
+            raise RedisUnavailable(f"{where} answered PING with an error: {reply}")
+
+    def _tls_unanswered(self, exc: BaseException) -> TlsError:
+        """The TCP connection is up, but the TLS handshake timed out or was dropped."""
+        if _lost(exc):
+            return self._tls_closed(exc, "during the TLS handshake")
+        return TlsError(
+            f"TLS to {self.endpoint.describe()}: no answer to the TLS handshake within "
+            f"{self.config.connect_timeout_s} s ({type(exc).__name__}); does this port serve TLS? "
+            "(a plaintext Redis never answers a TLS hello: use a redis:// URL for it)"
+        )
 
     def _tls_failure(self, exc: ssl.SSLError) -> TlsError:
         tls, where = self.endpoint.tls, self.endpoint.describe()
@@ -252,24 +326,57 @@ class ConnectionFactory:
                 return TlsError(
                     f"TLS to {where}: the server certificate is not issued for {self.endpoint.host!r} "
                     f"(hostname mismatch: {exc.verify_message}); connect by a name the certificate "
-                    "names, or set redis.tls_check_hostname = false (not recommended)"
+                    f"names, or set {tls.setting('tls_check_hostname')} to false (not recommended)"
                 )
-            ca = f"redis.tls_ca_file ({tls.ca_file!r})" if tls.ca_file else "the system CAs (no tls_ca_file)"
+            ca = (
+                f"{tls.setting('tls_ca_file')} ({tls.ca_file!r})"
+                if tls.ca_file
+                else f"the system CAs ({tls.setting('tls_ca_file')} is not set)"
+            )
             return TlsError(
                 f"TLS to {where}: the server certificate did not verify against {ca}: {exc.verify_message}"
             )
         reason = (getattr(exc, "reason", "") or "").upper()
         if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and not tls.cert_file):
             return TlsError(
-                f"TLS to {where}: the server requires a client certificate; set redis.tls_cert_file "
-                f"and redis.tls_key_file ({exc})"
+                f"TLS to {where}: the server requires a client certificate; set "
+                f"{tls.setting('tls_cert_file')} and {tls.setting('tls_key_file')} ({exc})"
             )
         if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
             return TlsError(
-                f"TLS to {where}: the server refused our client certificate redis.tls_cert_file "
-                f"({tls.cert_file!r}): {exc}"
+                f"TLS to {where}: the server refused our client certificate "
+                f"{tls.setting('tls_cert_file')} ({tls.cert_file!r}): {exc}"
             )
         return TlsError(f"TLS to {where}: handshake failed: {exc}")
+
+    def _tls_closed(self, exc: BaseException, when: str) -> TlsError:
+        """The server dropped a TLS connection without a word: how many refuse a client certificate.
+
+        A TLS server that requires a client certificate may end the connection with the
+        "certificate required" alert or with a bare reset, as its own race decides (Redis
+        7.0 resets more often than not): the reset gives no reason, so say the likely one.
+        """
+        tls, where = self.endpoint.tls, self.endpoint.describe()
+        assert tls is not None
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if tls.cert_file:
+            hint = (
+                f"the server may not accept our client certificate {tls.setting('tls_cert_file')} "
+                f"({tls.cert_file!r}): is it issued by a CA the server trusts?"
+            )
+        else:
+            hint = (
+                "a server that requires a client certificate does this when none is given: set "
+                f"{tls.setting('tls_cert_file')} and {tls.setting('tls_key_file')}"
+            )
+        return TlsError(f"TLS to {where}: the server closed the connection {when} ({what}); {hint}")
+
+
+def _lost(exc: BaseException) -> bool:
+    """The peer dropped the connection (reset, EOF), as opposed to refusing it or timing out."""
+    return isinstance(exc, ConnectionError | asyncio.IncompleteReadError) and not isinstance(
+        exc, ConnectionRefusedError
+    )
 
 
 async def _round_trip(
