@@ -153,7 +153,7 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
-        """``redis+sentinel://h1:p1,h2:p2,h3:p3/<service_name>/0`` (see :mod:`sim.sentinel_url`)."""
+        """``redis+sentinel://h1:p1,h2:p2,h3:p3/<service_name>/0``, as ``RedisConfig.url`` takes it."""
         hosts = ",".join(f"{host}:{port}" for host, port in self.sentinel_addresses)
         return f"redis+sentinel://{hosts}/{self.service_name}/0"
 

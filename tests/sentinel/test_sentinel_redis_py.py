@@ -31,9 +31,10 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 
+from lockless import RedisConfig
+from lockless.redis.connection import ConnectionFactory
 from sim.redis_server import ServerBinary
 from sim.sentinel_server import Failover, SentinelError, SentinelGroup
-from sim.sentinel_url import parse_sentinel_url
 
 SOCKET_TIMEOUT_S = 0.5
 
@@ -108,19 +109,11 @@ async def test_discovers_the_primary_and_replicates(
 
 
 async def test_url_form_reaches_the_same_primary(sentinel_group: SentinelGroup) -> None:
-    parsed = parse_sentinel_url(f"{sentinel_group.url}?socket_timeout=0.5")
-    assert list(parsed.sentinels) == sentinel_group.sentinel_addresses
-    client = Sentinel(
-        parsed.sentinels, sentinel_kwargs=parsed.sentinel_kwargs(), **parsed.connection_kwargs()
-    )
-    master = client.master_for(parsed.service_name)
-    try:
-        assert await client.discover_master(parsed.service_name) == sentinel_group.primary_address()
-        assert await master.ping()
-        assert master.connection_pool.connection_kwargs["socket_timeout"] == 0.5
-    finally:
-        await master.aclose()
-        await close_sentinel(client)
+    # The group's URL, as the library reads it, names the same sentinels and finds the same primary.
+    factory = ConnectionFactory(RedisConfig(url=sentinel_group.url))
+    assert list(factory.endpoint.sentinels) == sentinel_group.sentinel_addresses
+    assert factory.endpoint.service_name == sentinel_group.service_name
+    assert await factory.primary_address() == sentinel_group.primary_address()
 
 
 @pytest.mark.usefixtures("restore")

@@ -34,12 +34,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import trustme
 
-from lockless import LocklessRegistry, Mode, NodeSpec, RedisUnavailable, RegistryConfig, TlsError
+from lockless import LocklessRegistry, RedisUnavailable, RegistryConfig, TlsError
 from lockless.redis.connection import ConnectionFactory
 from lockless.redis.store import RedisStore
 from sim.tls import REFUSALS
-from tests.support import eventually, fast_config
+from tests.support import fast_config, two_instances_see_each_other
 from tests.tls.conftest import TlsCerts, TlsEndpoint
 
 HOW = ("fields", "url")
@@ -79,41 +80,6 @@ def tls_config(
     # timeouts, since these tests are about TLS and not about detecting faults fast.
     redis = dataclasses.replace(config.redis, connect_timeout_s=2.0, socket_timeout_s=2.0, **tls)
     return dataclasses.replace(config, redis=redis)
-
-
-async def exercise(
-    config: RegistryConfig,
-    *,
-    store: Callable[[], RedisStore] | None = None,
-    start_timeout: float = SUBSCRIPTION_TIMEOUT_S,
-) -> None:
-    """Two instances: a registration and an admission, each seen by the other one through events."""
-    a = LocklessRegistry(config, instance="a", store=store() if store else None)
-    b = LocklessRegistry(config, instance="b", store=store() if store else None)
-    try:
-        await a.start(timeout=start_timeout)
-        await b.start(timeout=start_timeout)
-        # Both started (and relisted an empty pool) before the write: b can learn of n1 only
-        # from the event, or from a repair, which the propagation count below tells apart.
-        await a.register_node(NodeSpec(node_id="n1", pool="p", max_jobs=2))
-        await eventually(lambda: b.cached("p", "n1") is not None, 5.0, "b to see n1 through its subscriber")
-        placement = await b.place_job("p", "job-1")
-        assert placement.node_id == "n1", placement.reason
-        await eventually(
-            lambda: (n := a.cached("p", "n1")) is not None and n.current_jobs == 1,
-            5.0,
-            "a to see the admission through its subscriber",
-        )
-        for instance in (a, b):
-            metrics = instance.metrics()
-            # propagation_us is recorded only for events applied live, as they arrive on the
-            # subscription (never by a catch-up or a relist): proof the stream carried them.
-            assert metrics.histograms["propagation_us"].count >= 1, instance.instance
-            assert metrics["gaps"] == 0 and metrics["reconnects"] == 0, metrics.counters
-            assert instance.mode is Mode.NORMAL
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def start_refused(config: RegistryConfig) -> tuple[TlsError, float]:
@@ -157,7 +123,7 @@ async def test_private_ca_commands_and_events(
     tls_redis: Callable[..., TlsEndpoint], ns: str, how: str
 ) -> None:
     endpoint = tls_redis()
-    await exercise(tls_config(endpoint, ns, how=how))
+    await two_instances_see_each_other(tls_config(endpoint, ns, how=how))
     assert_no_handshake_failed(endpoint)
 
 
@@ -196,7 +162,7 @@ async def test_client_certificate_required_works_with_one(
     tls_redis: Callable[..., TlsEndpoint], ns: str, how: str
 ) -> None:
     endpoint = tls_redis(require_client_cert=True)
-    await exercise(tls_config(endpoint, ns, how=how, client_cert=True))
+    await two_instances_see_each_other(tls_config(endpoint, ns, how=how, client_cert=True))
     assert_no_handshake_failed(endpoint)
 
 
@@ -219,8 +185,6 @@ async def test_client_certificate_required_without_one_is_a_clear_error(
 async def test_a_client_certificate_from_another_ca_is_a_clear_error(
     tls_redis: Callable[..., TlsEndpoint], tls_certs: TlsCerts, ns: str, tmp_path: Path
 ) -> None:
-    import trustme
-
     stranger = trustme.CA().issue_cert("client.elsewhere.test")
     cert, key = tmp_path / "stranger.pem", tmp_path / "stranger.key"
     stranger.cert_chain_pems[0].write_to_path(str(cert))
@@ -253,7 +217,7 @@ async def test_hostname_check_off_accepts_the_same_certificate(
 ) -> None:
     # The certificate still has to verify against the CA: only the name is not checked.
     endpoint = tls_redis(server_cert="other-host")
-    await exercise(tls_config(endpoint, ns, how=how, check_hostname=False))
+    await two_instances_see_each_other(tls_config(endpoint, ns, how=how, check_hostname=False))
     assert_no_handshake_failed(endpoint)
 
 
@@ -277,8 +241,9 @@ class _StreamIgnoresTheCa(ConnectionFactory):
 class _CheckIgnoresTheCa(ConnectionFactory):
     """Every stream, the start check's included, ignores the configured CA."""
 
-    async def _handshake(self, writer: asyncio.StreamWriter) -> None:
-        handshake = writer.start_tls(ssl.create_default_context(), server_hostname=self.endpoint.host)
+    async def _handshake(self, writer: asyncio.StreamWriter, address: tuple[str, int] | None) -> None:
+        assert address is not None
+        handshake = writer.start_tls(ssl.create_default_context(), server_hostname=address[0])
         await asyncio.wait_for(handshake, self.config.connect_timeout_s)
 
 
@@ -311,7 +276,9 @@ async def test_the_events_check_catches_a_stream_ignoring_the_ca(
     # scenario (test_private_ca_commands_and_events).
     config = tls_config(tls_redis(), ns, how="url")
     with pytest.raises(RedisUnavailable, match="event subscription not established"):
-        await exercise(config, store=_stores(config, _StreamIgnoresTheCa), start_timeout=2.0)
+        await two_instances_see_each_other(
+            config, store=_stores(config, _StreamIgnoresTheCa), start_timeout=2.0
+        )
 
 
 async def test_the_start_check_catches_a_stream_ignoring_the_ca(
@@ -319,7 +286,7 @@ async def test_the_start_check_catches_a_stream_ignoring_the_ca(
 ) -> None:
     config = tls_config(tls_redis(), ns, how="url")
     with pytest.raises(TlsError, match="did not verify"):
-        await exercise(config, store=_stores(config, _CheckIgnoresTheCa))
+        await two_instances_see_each_other(config, store=_stores(config, _CheckIgnoresTheCa))
 
 
 async def test_the_commands_check_catches_a_pool_ignoring_the_client_certificate(
@@ -329,7 +296,7 @@ async def test_the_commands_check_catches_a_pool_ignoring_the_client_certificate
     config = tls_config(endpoint, ns, how="fields", client_cert=True)
     # The stream (and the start check) present the certificate; the first command (SCRIPT LOAD) fails.
     with pytest.raises(RedisUnavailable) as caught:
-        await exercise(config, store=_stores(config, _CommandsWithoutClientCert))
+        await two_instances_see_each_other(config, store=_stores(config, _CommandsWithoutClientCert))
     assert str(caught.value).startswith("SCRIPT LOAD:"), caught.value
     # The proxy sends its alert; a native Redis sends it or resets, by a race (see test_tls_redis_py).
     refusals = ["certificate required"] + (["connection reset"] if endpoint.proxy is None else [])
