@@ -126,15 +126,8 @@ class SentinelGroup:
             name: RedisServer(server=self._server, workdir=self._root / name, extra_args=data_args)
             for name in ("node-a", "node-b")
         }
-        self._sentinels = [
-            RedisServer(
-                server=self._server,
-                workdir=self._root / f"sentinel-{i + 1}",
-                config_file=self._root / f"sentinel-{i + 1}" / "sentinel.conf",
-                extra_args=("--sentinel",),
-            )
-            for i in range(sentinels)
-        ]
+        self._watch = _Sentinels(self, sentinels)
+        self._sentinels = self._watch.processes
         self._demoted: str | None = None  # the node the last failover took the primary role from
         self._lock = threading.RLock()
         _LIVE.add(self)  # the workdirs exist from here on
@@ -164,11 +157,11 @@ class SentinelGroup:
 
     def primary_address(self) -> Address:
         """The primary's address as the sentinels answer it (the majority's answer if they differ)."""
-        answers = [a for a in self._ask_all() if isinstance(a, tuple)]
+        answers = [a for a in self._watch.ask_all() if isinstance(a, tuple)]
         if not answers:
             raise SentinelError(
                 f"no sentinel answered GET-MASTER-ADDR-BY-NAME {self.service_name}: "
-                f"{self._describe_answers()}"
+                f"{self._watch.describe_answers()}"
             )
         return max(set(answers), key=answers.count)
 
@@ -204,12 +197,12 @@ class SentinelGroup:
             replica.start(timeout=_left(deadline))
             self._replicate(replica, primary, deadline, name="node-b")
             for i, sentinel in enumerate(self._sentinels):
-                self._write_sentinel_config(sentinel, primary)
+                self._watch.write_config(sentinel, primary)
                 try:
                     sentinel.start(timeout=_left(deadline))
                 except RedisServerError as exc:
                     raise SentinelError(f"sentinel-{i + 1} did not start: {exc}") from exc
-            self._wait_discovery(deadline)
+            self._watch.wait_discovery(deadline)
 
     def cleanup(self) -> None:
         """Kill every process (SIGKILL; a paused one too) and remove the working directory."""
@@ -270,7 +263,7 @@ class SentinelGroup:
             self._replicate(node, primary, deadline, name=name, kill_clients=True)
             # Not waiting for the sentinels' view of its link: they refresh a replica's INFO only
             # every 10 s, and refresh it each second during a failover, before choosing a replica.
-            self._wait_discovery(deadline, link_reported=False)
+            self._watch.wait_discovery(deadline, link_reported=False)
             self._demoted = None
 
     # -- internals --------------------------------------------------------------------------------
@@ -290,7 +283,7 @@ class SentinelGroup:
             self._demoted = name
             first_s: float | None = None
             while True:
-                answers = self._ask_all()
+                answers = self._watch.ask_all()
                 moved = [a for a in answers if isinstance(a, tuple) and a != old]
                 if moved and first_s is None:
                     first_s = time.monotonic() - started
@@ -304,15 +297,16 @@ class SentinelGroup:
                     )
                 if time.monotonic() >= deadline:
                     raise SentinelError(
-                        f"failover after {fault} of {name} (primary {old[0]}:{old[1]}) not completed within "
-                        f"{timeout} s; sentinels answer: {self._describe_answers()}\n{self._sentinel_logs()}"
+                        f"failover after {fault} of {name} (primary {old[0]}:{old[1]}) not completed "
+                        f"within {timeout} s; sentinels answer: {self._watch.describe_answers()}\n"
+                        f"{self._watch.logs()}"
                     )
                 time.sleep(_POLL_S)
 
     def _wait_agreed_primary(self, deadline: float, *, other_than: Address | None = None) -> Address:
         # Every sentinel must name the same, running primary (a fault mid-failover would test nothing).
         while True:
-            answers = self._ask_all()
+            answers = self._watch.ask_all()
             if all(isinstance(a, tuple) for a in answers) and len(set(answers)) == 1:
                 address = answers[0]
                 assert isinstance(address, tuple)
@@ -321,7 +315,7 @@ class SentinelGroup:
             if time.monotonic() >= deadline:
                 expected = f" other than {other_than[0]}:{other_than[1]}" if other_than else ""
                 raise SentinelError(
-                    f"sentinels do not agree on a running primary{expected}: {self._describe_answers()}"
+                    f"sentinels do not agree on a running primary{expected}: {self._watch.describe_answers()}"
                 )
             time.sleep(_POLL_S)
 
@@ -352,58 +346,6 @@ class SentinelGroup:
             raise SentinelError(f"{name}: REPLICAOF {primary.host} {primary.port} failed: {exc}") from exc
         _wait(synced, deadline, f"{name} to sync from the primary at {primary.host}:{primary.port}")
 
-    def _wait_discovery(self, deadline: float, *, link_reported: bool = True) -> None:
-        others = len(self._sentinels) - 1
-
-        def complete() -> bool:
-            for sentinel in self._sentinels:
-                with _admin(sentinel) as client:
-                    master = client.sentinel_master(self.service_name)
-                    replicas = client.sentinel_slaves(self.service_name)
-                if master["is_sdown"] or master["num-other-sentinels"] < others:
-                    return False
-                healthy = [r for r in replicas if not (r["is_sdown"] or r["is_disconnected"])]
-                if len(healthy) < len(self._nodes) - 1 or (
-                    link_reported and any(r.get("master-link-status") != "ok" for r in healthy)
-                ):
-                    return False
-            return True
-
-        _wait(
-            complete, deadline, "every sentinel to see the primary, the replica and the other sentinels", self
-        )
-
-    def _write_sentinel_config(self, sentinel: RedisServer, primary: RedisServer) -> None:
-        # Sentinel rewrites this file (known replicas, peers, epochs), so each needs its own.
-        name = self.service_name
-        lines = [
-            f"sentinel monitor {name} {primary.host} {primary.port} {self._quorum}",
-            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
-            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
-            f"sentinel parallel-syncs {name} 1",
-        ]
-        sentinel.workdir.mkdir(parents=True, exist_ok=True)
-        (sentinel.workdir / "sentinel.conf").write_text("\n".join(lines) + "\n")
-
-    def _ask_all(self) -> list[Address | str]:
-        """Each sentinel's answer: an address, or why there is none (``"no answer: ..."``)."""
-        answers: list[Address | str] = []
-        for i, sentinel in enumerate(self._sentinels):
-            try:
-                with _admin(sentinel, timeout=0.5) as client:
-                    reply = client.sentinel_get_master_addr_by_name(self.service_name)
-            except (redis.RedisError, OSError) as exc:
-                answers.append(f"sentinel-{i + 1} no answer: {type(exc).__name__}: {exc}")
-                continue
-            answers.append((str(reply[0]), int(reply[1])) if reply else f"sentinel-{i + 1} knows no primary")
-        return answers
-
-    def _describe_answers(self) -> str:
-        return "; ".join(
-            f"sentinel-{i + 1}: {a[0]}:{a[1]}" if isinstance(a, tuple) else a
-            for i, a in enumerate(self._ask_all())
-        )
-
     def _node_at(self, address: Address) -> tuple[str, RedisServer]:
         for name, node in self._nodes.items():
             if (node.host, node.port) == address:
@@ -412,19 +354,90 @@ class SentinelGroup:
             f"sentinels name {address[0]}:{address[1]} as primary, which is none of our nodes"
         )
 
-    def _sentinel_logs(self) -> str:
+    def __repr__(self) -> str:
+        ports = ",".join(str(s._port) for s in self._sentinels)
+        return f"<SentinelGroup {self.service_name} sentinels={ports}>"
+
+
+class _Sentinels:
+    """The sentinel processes of one :class:`SentinelGroup`: their config, their answers, their logs."""
+
+    def __init__(self, group: SentinelGroup, count: int) -> None:
+        self._group = group
+        root = group._root
+        self.processes = [
+            RedisServer(
+                server=group.server,
+                workdir=root / f"sentinel-{i + 1}",
+                config_file=root / f"sentinel-{i + 1}" / "sentinel.conf",
+                extra_args=("--sentinel",),
+            )
+            for i in range(count)
+        ]
+
+    def write_config(self, sentinel: RedisServer, primary: RedisServer) -> None:
+        # Sentinel rewrites this file (known replicas, peers, epochs), so each needs its own.
+        group, name = self._group, self._group.service_name
+        lines = [
+            f"sentinel monitor {name} {primary.host} {primary.port} {group._quorum}",
+            f"sentinel down-after-milliseconds {name} {group.down_after_ms}",
+            f"sentinel failover-timeout {name} {group.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        sentinel.workdir.mkdir(parents=True, exist_ok=True)
+        (sentinel.workdir / "sentinel.conf").write_text("\n".join(lines) + "\n")
+
+    def wait_discovery(self, deadline: float, *, link_reported: bool = True) -> None:
+        """Until every sentinel sees the primary, every replica (healthy) and every other sentinel."""
+        others, service = len(self.processes) - 1, self._group.service_name
+        replicas_expected = len(self._group._nodes) - 1
+
+        def complete() -> bool:
+            for sentinel in self.processes:
+                with _admin(sentinel) as client:
+                    master = client.sentinel_master(service)
+                    replicas = client.sentinel_slaves(service)
+                if master["is_sdown"] or master["num-other-sentinels"] < others:
+                    return False
+                healthy = [r for r in replicas if not (r["is_sdown"] or r["is_disconnected"])]
+                if len(healthy) < replicas_expected or (
+                    link_reported and any(r.get("master-link-status") != "ok" for r in healthy)
+                ):
+                    return False
+            return True
+
+        what = "every sentinel to see the primary, the replica and the other sentinels"
+        _wait(complete, deadline, what, self.logs)
+
+    def ask_all(self) -> list[Address | str]:
+        """Each sentinel's answer: an address, or why there is none (``"no answer: ..."``)."""
+        answers: list[Address | str] = []
+        for i, sentinel in enumerate(self.processes):
+            try:
+                with _admin(sentinel, timeout=0.5) as client:
+                    reply = client.sentinel_get_master_addr_by_name(self._group.service_name)
+            except (redis.RedisError, OSError) as exc:
+                answers.append(f"sentinel-{i + 1} no answer: {type(exc).__name__}: {exc}")
+                continue
+            answers.append((str(reply[0]), int(reply[1])) if reply else f"sentinel-{i + 1} knows no primary")
+        return answers
+
+    def describe_answers(self) -> str:
+        return "; ".join(
+            f"sentinel-{i + 1}: {a[0]}:{a[1]}" if isinstance(a, tuple) else a
+            for i, a in enumerate(self.ask_all())
+        )
+
+    def logs(self) -> str:
+        """The last lines of every sentinel's log (for errors)."""
         parts = []
-        for i, sentinel in enumerate(self._sentinels):
+        for i, sentinel in enumerate(self.processes):
             try:
                 lines = (sentinel.workdir / "redis.log").read_text(errors="replace").splitlines()
             except OSError as exc:
                 lines = [f"(log unreadable: {exc})"]
             parts.append(f"--- sentinel-{i + 1} log tail:\n" + "\n".join(lines[-_LOG_LINES:]))
         return "\n".join(parts)
-
-    def __repr__(self) -> str:
-        ports = ",".join(str(s._port) for s in self._sentinels)
-        return f"<SentinelGroup {self.service_name} sentinels={ports}>"
 
 
 @contextlib.contextmanager
@@ -447,7 +460,7 @@ def _admin(server: RedisServer, timeout: float = 2.0) -> Iterator[redis.Redis]:
 
 
 def _wait(
-    condition: Callable[[], bool], deadline: float, what: str, group: SentinelGroup | None = None
+    condition: Callable[[], bool], deadline: float, what: str, logs: Callable[[], str] | None = None
 ) -> None:
     last_error = ""
     while True:
@@ -457,8 +470,8 @@ def _wait(
         except (redis.RedisError, OSError) as exc:  # not up yet, or mid-restart
             last_error = f" (last error: {type(exc).__name__}: {exc})"
         if time.monotonic() >= deadline:
-            logs = f"\n{group._sentinel_logs()}" if group is not None else ""
-            raise SentinelError(f"timed out waiting for {what}{last_error}{logs}")
+            tail = f"\n{logs()}" if logs is not None else ""
+            raise SentinelError(f"timed out waiting for {what}{last_error}{tail}")
         time.sleep(_POLL_S)
 
 
