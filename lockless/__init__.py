@@ -38,6 +38,7 @@ from lockless.errors import (
     MalformedRecord,
     RedisUnavailable,
     StaleRead,
+    TlsError,
     UnknownPool,
     WriteNotReplicated,
 )
@@ -107,6 +108,7 @@ __all__ = [
     "StaleRead",
     "SubscriberConfig",
     "SystemClock",
+    "TlsError",
     "UnknownPool",
     "WriteNotReplicated",
     "cancel_and_wait",

@@ -19,10 +19,19 @@ from lockless.errors import ConfigError
 
 POLICIES = ("power_of_two", "least_loaded")
 STALE_READ_POLICIES = ("serve", "refuse")
+#: The URL schemes ``redis.url`` may have (``+sentinel``: the hosts are sentinels; ``+cluster``: seeds
+#: of a Redis Cluster, which select the cluster client; see RedisConfig.url).
+URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 #: Whether the server's certificate must verify (``ssl.CERT_REQUIRED`` / ``CERT_OPTIONAL`` / ``CERT_NONE``).
 TLS_VERIFY_MODES = ("required", "optional", "none")
-#: URL schemes of ``redis.url``; the ``+cluster`` ones select the cluster client.
-URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -38,8 +47,11 @@ class RedisConfig:
     """How to reach Redis (DESIGN.md section 9)."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS (ACL users work as in redis-py).
-    A Redis Cluster: ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS), any
+    """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS (ACL users work as in redis-py);
+    ``unix:///path/redis.sock``; through Sentinel,
+    ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` (the hosts are
+    the sentinels; ``rediss+sentinel://`` for TLS to sentinels and data nodes alike); or a Redis
+    Cluster: ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS), any
     nodes of it as seeds; the slot map is read from them (``lockless.redis.cluster``)."""
     namespace: str = "lockless"
     """Prefix of every key, so tests and experiments sharing a server never collide."""
@@ -77,20 +89,34 @@ class RedisConfig:
     tls_check_hostname: bool | None = None
     """Refuse a server certificate not issued for the host connected to (default true; or the URL's
     ``ssl_check_hostname``)."""
+    sentinels: tuple[str, ...] = ()
+    """``host:port`` of each Sentinel (port 26379 if omitted): the primary is discovered through them,
+    under ``sentinel_service``, and followed after a failover. ``url`` (``redis://`` or ``rediss://``)
+    still gives the credentials, the db and TLS; its host and port are not used. (Or write the
+    sentinels in a ``redis+sentinel://`` URL instead.)"""
+    sentinel_service: str | None = None
+    """The name the sentinels monitor the primary under (``sentinel monitor <name> ...``)."""
 
     def __post_init__(self) -> None:
         if not self.url.startswith(URL_SCHEMES):
-            raise ConfigError(
-                "redis.url",
-                self.url,
-                "a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL",
-            )
+            raise ConfigError("redis.url", self.url, "a " + ", ".join(URL_SCHEMES) + " URL")
         tls_fields = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tls_check_hostname")
         for name in tls_fields:
             value = getattr(self, name)
-            if value is not None and not self.url.startswith(("rediss://", "rediss+cluster://")):
+            if value is not None and not self.url.startswith(("rediss://", "rediss+sentinel://", "rediss+cluster://")):
                 allowed = f"unset, or a rediss:// URL (redis.url is {self.url!r})"
                 raise ConfigError(f"redis.{name}", value, allowed)
+        object.__setattr__(self, "sentinels", tuple(self.sentinels))
+        if bool(self.sentinels) != (self.sentinel_service is not None):
+            field = "redis.sentinel_service" if self.sentinels else "redis.sentinels"
+            raise ConfigError(field, getattr(self, field[6:]), "set together with the other")
+        if self.sentinels and not self.url.startswith(("redis://", "rediss://")):
+            allowed = "a redis:// or rediss:// URL (for credentials, db and TLS) with redis.sentinels"
+            raise ConfigError("redis.url", self.url, allowed)
+        if self.sentinel_service is not None and not (
+            isinstance(self.sentinel_service, str) and self.sentinel_service.strip()
+        ):
+            raise ConfigError("redis.sentinel_service", self.sentinel_service, "a non-empty name")
         if self.tls_verify is not None:
             require_choice("redis.tls_verify", self.tls_verify, TLS_VERIFY_MODES)
         if self.tls_check_hostname is not None and not isinstance(self.tls_check_hostname, bool):

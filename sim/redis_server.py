@@ -251,8 +251,12 @@ class RedisServer:
         server: ServerBinary | ServerKind | str | None = None,
         extra_args: Sequence[str] = (),
         workdir: Path | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self._server = server if isinstance(server, ServerBinary) else find_server(server)
+        # Passed first on the command line, where redis-server expects a config file. Sentinel
+        # mode needs one it can rewrite (sim.sentinel_server); plain servers run without.
+        self._config_file = config_file
         self._port = port
         self._port_fixed = port is not None
         self._extra_args = tuple(extra_args)
@@ -453,7 +457,8 @@ class RedisServer:
 
     def _command(self) -> list[str]:
         # --daemonize no: stay our child, so we can signal and reap it; the log goes to stdout.
-        args = [self._server.path, "--bind", _HOST, "--port", str(self._port), "--daemonize", "no"]
+        args = [self._server.path, *([str(self._config_file)] if self._config_file else [])]
+        args += ["--bind", _HOST, "--port", str(self._port), "--daemonize", "no"]
         args += ["--dir", str(self._workdir), "--dbfilename", _DBFILE, "--save", "", "--appendonly", "no"]
         # Redis 7 and Valkey refuse DEBUG unless enabled (DESIGN §9); 6.2 does not know the option.
         if self._server.name == "valkey" or self._server.version >= (7, 0, 0):
