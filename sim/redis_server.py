@@ -379,6 +379,7 @@ class RedisServer:
                 raise RedisServerError("cannot pause: redis-server is not running")
             self._proc.send_signal(signal.SIGSTOP)
             self._paused = True
+            _wait_stopped(self._proc.pid)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`; harmless if not paused."""
@@ -521,3 +522,20 @@ class RedisServer:
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"
         return f"<RedisServer {_HOST}:{self._port} {self._server} {state}>"
+
+
+def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+    """Return once ``pid`` is stopped (state T in /proc): a signal is delivered asynchronously, and a
+    fault that says "paused" must not let the server answer one more command."""
+    deadline = time.monotonic() + timeout
+    stat = Path(f"/proc/{pid}/stat")
+    while time.monotonic() < deadline:
+        try:
+            # The state follows the parenthesised command name, which may itself hold spaces.
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return  # not Linux, or the process is gone: nothing to wait for
+        if state in ("T", "t"):
+            return
+        time.sleep(0.001)
+    raise RedisServerError(f"redis-server (pid {pid}) not stopped {timeout} s after SIGSTOP")

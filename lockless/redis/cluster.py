@@ -42,18 +42,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 
+from lockless.aio import cancel_and_wait
 from lockless.config import RedisConfig
 from lockless.errors import ConfigError, RedisUnavailable, TlsError
-
-if TYPE_CHECKING:
-    from lockless.redis.connection import ConnectionFactory, Endpoint
+from lockless.redis.connection import ConnectionFactory, Endpoint
 
 log = logging.getLogger("lockless.cluster")
 
@@ -181,9 +180,7 @@ class ClusterRouter:
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         if self._refreshing is not None:
-            self._refreshing.cancel()
-            with contextlib.suppress(BaseException):
-                await self._refreshing
+            await cancel_and_wait([self._refreshing])  # one cancel() can be swallowed by wait_for
         for client in clients:
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -399,3 +396,25 @@ class ClusterRouter:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # cancellation and the like are not per-slot failures
         return dict(zip(names, results, strict=True))
+
+
+class ClusterConnections(ConnectionFactory):
+    """The connection factory of a cluster URL: every node is reached with the first seed's TLS,
+    AUTH and timeouts, and :attr:`cluster` routes by slot (the start check reads the slot map)."""
+
+    def __init__(self, config: RedisConfig) -> None:
+        super().__init__(dataclasses.replace(config, url=parse_cluster_url(config.url).seed_url))
+        self.config = config
+        self.cluster: ClusterRouter = ClusterRouter(self, config)
+
+    async def check(self, endpoint: Endpoint | None = None) -> None:
+        """With no ``endpoint``: the seeds in turn, then the slot map is read; else that node."""
+        if endpoint is None:
+            await self.cluster.check()
+        else:
+            await super().check(endpoint)
+
+
+def connections_for(config: RedisConfig) -> ConnectionFactory:
+    """The connection factory ``config`` calls for: a cluster's for a ``+cluster`` URL."""
+    return ClusterConnections(config) if config.cluster else ConnectionFactory(config)

@@ -27,7 +27,7 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -42,9 +42,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from lockless.config import TLS_VERIFY_MODES, RedisConfig
 from lockless.errors import ConfigError, RedisUnavailable, TlsError
 from lockless.redis.packing import with_c_packing
-
-if TYPE_CHECKING:
-    from lockless.redis.cluster import ClusterRouter
 
 _VERIFY = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -350,13 +347,9 @@ class ConnectionFactory:
 
     def __init__(self, config: RedisConfig) -> None:
         self.config = config
-        #: A ``+cluster`` URL's router (slot map, a client per primary): ``lockless.redis.cluster``.
-        self.cluster: ClusterRouter | None = None
-        if config.cluster:
-            from lockless.redis.cluster import ClusterRouter  # here: that module imports this one
-
-            self.cluster = ClusterRouter(self, config)
-            config = self.cluster.seed_config  # every node: the first seed's TLS, AUTH and timeouts
+        #: A cluster URL's router (slot map, a client per primary), else None: set by
+        #: ``lockless.redis.cluster.ClusterConnections``, which this module does not import.
+        self.cluster: Any = None
         self.endpoint = parse_endpoint(config)
         self.tls_context = self.endpoint.tls.context() if self.endpoint.tls else None
         # Sentinels in the order they are asked; one that answered goes first next time.
@@ -456,11 +449,8 @@ class ConnectionFactory:
         )
 
     async def check(self, endpoint: Endpoint | None = None) -> None:
-        """Open one stream and PING: a TLS, AUTH or connect problem becomes one clear error.
-
-        On a cluster (and no ``endpoint``): the seeds in turn, then the slot map is read."""
-        if self.cluster is not None and endpoint is None:
-            return await self.cluster.check()
+        """Open one stream and PING (to ``endpoint``, a cluster node, if given): a TLS, AUTH or
+        connect problem becomes one clear error."""
         address = await self._data_address(endpoint)
         reply = await self._exchange(address, [b"PING"], sentinel=False)
         if isinstance(reply, Exception):

@@ -42,6 +42,7 @@ from lockless.metrics import Metrics
 from lockless.protocol import Admission, HeartbeatResult
 from lockless.redis import scripts
 from lockless.redis.client import guarded
+from lockless.redis.cluster import connections_for
 from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
 from lockless.redis.pool_reader import LogRead, PoolListing, PoolPosition, PoolReader
@@ -83,7 +84,7 @@ class RedisStore:
             publish_every_heartbeat=self.nodes.publish_every_heartbeat,
         )
         #: Where every connection of this store (and of a registry's subscriber) comes from.
-        self.connections = connections or ConnectionFactory(redis_config)
+        self.connections = connections or connections_for(redis_config)
         #: The cluster's router (``redis+cluster://``), else None: one server, ``client`` below.
         self.cluster = self.connections.cluster
         #: The command client of the server (on a cluster: of the first seed, for keyless admin use).
@@ -100,7 +101,7 @@ class RedisStore:
     @staticmethod
     def make_client(cfg: RedisConfig, **overrides: Any) -> aioredis.Redis:
         """A command client with the house settings for ``cfg`` (see ``ConnectionFactory``)."""
-        return ConnectionFactory(cfg).command_client(**overrides)
+        return connections_for(cfg).command_client(**overrides)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -213,7 +213,10 @@ async def test_wait_puts_every_acknowledged_write_on_a_replica(cluster: LocalClu
         replica.server.pause()
         try:
             with pytest.raises(WriteNotReplicated, match="WAIT saw 0 of 1 replica"):
-                await a.job_start(pool, "n0", "j1")
+                got = await a.job_start(pool, "n0", "j1")
+                # Reached only when nothing was raised (seen once in 10 runs): what did the shard look like?
+                info = cluster.info(owner, "replication")
+                raise AssertionError(f"job_start answered {got} with the replica paused; primary: {info}")
         finally:
             replica.server.resume()
         assert a.metrics()["writes_unreplicated"] == 1
