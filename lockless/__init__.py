@@ -38,7 +38,9 @@ from lockless.errors import (
     MalformedRecord,
     RedisUnavailable,
     StaleRead,
+    TlsError,
     UnknownPool,
+    WriteNotReplicated,
 )
 from lockless.metrics import (
     HistogramSummary,
@@ -59,8 +61,9 @@ from lockless.protocol import (
     place,
 )
 from lockless.redis.keys import KeySpace
+from lockless.redis.pool_reader import LogRead, PoolListing
 from lockless.redis.scripts import ALL as SCRIPTS
-from lockless.redis.store import LogRead, PoolListing, RedisStore
+from lockless.redis.store import RedisStore
 from lockless.registry import LocklessRegistry, RegistryState
 
 __all__ = [
@@ -105,7 +108,9 @@ __all__ = [
     "StaleRead",
     "SubscriberConfig",
     "SystemClock",
+    "TlsError",
     "UnknownPool",
+    "WriteNotReplicated",
     "cancel_and_wait",
     "is_placeable",
     "new_histogram",

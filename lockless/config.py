@@ -19,6 +19,17 @@ from lockless.errors import ConfigError
 
 POLICIES = ("power_of_two", "least_loaded")
 STALE_READ_POLICIES = ("serve", "refuse")
+#: The URL schemes ``redis.url`` may have (``+sentinel``: the hosts are sentinels; ``+cluster``: seeds
+#: of a Redis Cluster, which select the cluster client; see RedisConfig.url).
+URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 #: Whether the server's certificate must verify (``ssl.CERT_REQUIRED`` / ``CERT_OPTIONAL`` / ``CERT_NONE``).
 TLS_VERIFY_MODES = ("required", "optional", "none")
 
@@ -36,7 +47,12 @@ class RedisConfig:
     """How to reach Redis (DESIGN.md section 9)."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS (ACL users work as in redis-py)."""
+    """``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS (ACL users work as in redis-py);
+    ``unix:///path/redis.sock``; through Sentinel,
+    ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` (the hosts are
+    the sentinels; ``rediss+sentinel://`` for TLS to sentinels and data nodes alike); or a Redis
+    Cluster: ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS), any
+    nodes of it as seeds; the slot map is read from them (``lockless.redis.cluster``)."""
     namespace: str = "lockless"
     """Prefix of every key, so tests and experiments sharing a server never collide."""
     socket_timeout_s: float = 0.5
@@ -44,7 +60,7 @@ class RedisConfig:
     connect_timeout_s: float = 0.5
     """TCP connect timeout."""
     max_connections: int = 16
-    """Size of the bounded, blocking connection pool."""
+    """Size of the bounded, blocking connection pool (on a cluster: of each primary's pool)."""
     pool_timeout_s: float = 0.5
     """How long a command may wait for a free pooled connection (counted in its latency)."""
     retries: int = 1
@@ -52,6 +68,14 @@ class RedisConfig:
     script is idempotent, so one retry (which repairs a stale pooled socket after a restart) is safe."""
     log_max_len: int = 10_000
     """Approximate cap (``XADD MAXLEN ~``) of each pool's change log; gaps older than this need a relist."""
+    wait_replicas: int = 0
+    """After each write (a script call, or a pipelined batch of them), ``WAIT`` on the same connection
+    until this many replicas acknowledged it (0: off). Replication is asynchronous: a write the primary
+    acknowledged can be lost if it fails over; with this it is on a replica first. Writes whose WAIT
+    ends short of this count are still done (the primary ran them) and are counted in the
+    ``writes_unreplicated`` metric."""
+    wait_timeout_ms: int = 100
+    """How long ``WAIT`` may hold a write (``wait_replicas`` > 0), in ms; counted in its latency."""
     tls_ca_file: str | None = None
     """PEM bundle of the CA(s) that sign the server's certificate (a private CA); None: the system CAs.
     When None, the URL's ``ssl_ca_certs`` query parameter applies. TLS needs a ``rediss://`` URL."""
@@ -65,16 +89,34 @@ class RedisConfig:
     tls_check_hostname: bool | None = None
     """Refuse a server certificate not issued for the host connected to (default true; or the URL's
     ``ssl_check_hostname``)."""
+    sentinels: tuple[str, ...] = ()
+    """``host:port`` of each Sentinel (port 26379 if omitted): the primary is discovered through them,
+    under ``sentinel_service``, and followed after a failover. ``url`` (``redis://`` or ``rediss://``)
+    still gives the credentials, the db and TLS; its host and port are not used. (Or write the
+    sentinels in a ``redis+sentinel://`` URL instead.)"""
+    sentinel_service: str | None = None
+    """The name the sentinels monitor the primary under (``sentinel monitor <name> ...``)."""
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("redis.url", self.url, "a redis://, rediss:// or unix:// URL")
+        if not self.url.startswith(URL_SCHEMES):
+            raise ConfigError("redis.url", self.url, "a " + ", ".join(URL_SCHEMES) + " URL")
         tls_fields = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tls_check_hostname")
         for name in tls_fields:
             value = getattr(self, name)
-            if value is not None and not self.url.startswith("rediss://"):
+            if value is not None and not self.url.startswith(("rediss://", "rediss+sentinel://", "rediss+cluster://")):
                 allowed = f"unset, or a rediss:// URL (redis.url is {self.url!r})"
                 raise ConfigError(f"redis.{name}", value, allowed)
+        object.__setattr__(self, "sentinels", tuple(self.sentinels))
+        if bool(self.sentinels) != (self.sentinel_service is not None):
+            field = "redis.sentinel_service" if self.sentinels else "redis.sentinels"
+            raise ConfigError(field, getattr(self, field[6:]), "set together with the other")
+        if self.sentinels and not self.url.startswith(("redis://", "rediss://")):
+            allowed = "a redis:// or rediss:// URL (for credentials, db and TLS) with redis.sentinels"
+            raise ConfigError("redis.url", self.url, allowed)
+        if self.sentinel_service is not None and not (
+            isinstance(self.sentinel_service, str) and self.sentinel_service.strip()
+        ):
+            raise ConfigError("redis.sentinel_service", self.sentinel_service, "a non-empty name")
         if self.tls_verify is not None:
             require_choice("redis.tls_verify", self.tls_verify, TLS_VERIFY_MODES)
         if self.tls_check_hostname is not None and not isinstance(self.tls_check_hostname, bool):
@@ -84,6 +126,13 @@ class RedisConfig:
         _count("redis.max_connections", self.max_connections)
         _count("redis.retries", self.retries, minimum=0)
         _count("redis.log_max_len", self.log_max_len, minimum=10)
+        _count("redis.wait_replicas", self.wait_replicas, minimum=0)
+        _count("redis.wait_timeout_ms", self.wait_timeout_ms, minimum=1)
+
+    @property
+    def cluster(self) -> bool:
+        """True for a ``redis+cluster://`` or ``rediss+cluster://`` URL: the cluster client is used."""
+        return self.url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,7 +223,8 @@ class JournalConfig:
     """The LOCAL_ONLY write journal."""
 
     capacity: int = 100_000
-    """Entries held at most; past it writes fail with JournalFull (reported, never silently dropped)."""
+    """Entries held at most; past it writes fail with JournalFull (reported, never silently dropped).
+    On a cluster each pool has a journal of its own, each of this capacity."""
 
     def __post_init__(self) -> None:
         _count("journal.capacity", self.capacity)

@@ -8,6 +8,7 @@ Everything the library raises on purpose derives from :class:`LocklessError`::
      +-- UnknownPool            an operation named a pool this instance does not serve
      +-- RedisUnavailable       Redis could not be reached or did not answer in time
      |    +-- TlsError          the TLS handshake failed; names the TLS setting involved
+     |    +-- WriteNotReplicated  a write's WAIT saw fewer replicas than redis.wait_replicas
      +-- StaleRead              a read would serve data older than the configured staleness bound
      +-- JournalFull            LOCAL_ONLY write journal is at its bound; the write was not recorded
 
@@ -83,3 +84,20 @@ class JournalFull(LocklessError):
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         super().__init__(f"write journal is full ({capacity} entries, journal.capacity); write rejected")
+
+
+class WriteNotReplicated(RedisUnavailable):
+    """A write ran on the primary, but its ``WAIT`` saw fewer replicas than ``redis.wait_replicas``
+    within ``redis.wait_timeout_ms``: it would be lost if the primary failed over now.
+
+    Like a timeout, the outcome is unknown to the caller: the write may survive or not. The
+    write is not acknowledged, and Redis itself answered, so the instance's mode does not
+    degrade (a shard without a live replica refuses acknowledgements, not service)."""
+
+    def __init__(self, what: str, replicas: int, wanted: int, timeout_ms: int) -> None:
+        self.replicas = replicas
+        self.wanted = wanted
+        super().__init__(
+            f"{what}: WAIT saw {replicas} of {wanted} replica(s) within {timeout_ms} ms "
+            "(redis.wait_replicas); the primary ran the write, which a failover now would lose"
+        )

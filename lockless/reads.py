@@ -12,6 +12,9 @@ whether the answer is marked stale or refused. This module carries the plan out:
   mid-reply), it finishes in the background and refreshes L1 for the next reader;
 * in LOCAL_ONLY reads serve last-known-good L1, marked stale.
 
+The mode and the data age of a read are those of its pool (its mode domain, ``health.py``):
+on a cluster a pool whose shard is down serves last-known-good while the others read L1.
+
 :meth:`ReadPath.cached` is the synchronous read for hot loops: L1 as it is, never I/O.
 """
 
@@ -61,7 +64,8 @@ class ReadPath:
         self._l1 = l1
         self._l1_pools = l1.pools
         self._health = health
-        self._modes = health.modes
+        #: pool -> its mode domain (mode and last_heard as plain attributes: the hot path reads them).
+        self._domains = health.of
         self._clock = clock
         self._metrics = metrics
         self._counters = metrics.counters
@@ -79,10 +83,10 @@ class ReadPath:
         """L1's index of ``pool`` (None before anything was cached for it)."""
         return self._l1_pools.get(pool)
 
-    def _check_fresh(self) -> None:
-        """Raise StaleRead if past the bound and the policy refuses stale reads."""
+    def _check_fresh(self, pool: str) -> None:
+        """Raise StaleRead if ``pool``'s data is past the bound and the policy refuses stale reads."""
         if self._refuse_stale:
-            age = self._health.last_sync_age()
+            age = self._health.last_sync_age(pool)
             if not is_fresh(age, self._bound):
                 self._metrics.inc("stale_refusals")
                 raise StaleRead(age, self._bound)
@@ -92,12 +96,15 @@ class ReadPath:
         """The node's snapshot, or None. An L1 hit in NORMAL mode takes no lock and does no I/O."""
         # The hit path inlines L1Store.get and the freshness rule: it runs on every placement
         # and every attribute hop shows at this scale (about 1 us in all).
-        mode = self._modes.mode
+        domain = self._domains.get(pool)
+        if domain is None:
+            return (await self.read_node(pool, node_id)).node  # raises UnknownPool
+        mode = domain.mode
         if mode is Mode.NORMAL and (index := self._l1_pools.get(pool)) is not None:
             node = index.nodes.get(node_id)
             if node is not None:
                 now = self._clock.monotonic()
-                if index.expiry[node_id] > now and is_fresh(now - self._health.last_heard, self._bound):
+                if index.expiry[node_id] > now and is_fresh(now - domain.last_heard, self._bound):
                     self._counters["l1_hits"] += 1
                     return node
         elif mode is Mode.LOCAL_ONLY and not self._refuse_stale and (index := self._l1_pools.get(pool)):
@@ -121,14 +128,14 @@ class ReadPath:
             self.check_pool(pool)  # raises for a pool not served; a served pool is just empty
             return None
         if self._refuse_stale:
-            self._check_fresh()
+            self._check_fresh(pool)
         return index.nodes.get(node_id)
 
     async def read_node(self, pool: str, node_id: str) -> ReadResult:
         """Like :meth:`get_node`, with the data's age and whether it is stale."""
         self.check_pool(pool)
-        age = self._health.last_sync_age()
-        mode = self._modes.mode
+        age = self._health.last_sync_age(pool)
+        mode = self._domains[pool].mode
         plan = plan_read(mode, age, self._bound, refuse_stale=self._refuse_stale)
         if plan is None:
             self._metrics.inc("stale_refusals")
@@ -173,11 +180,11 @@ class ReadPath:
             log.error("%s: %s", self._instance, exc)
             raise
         except RedisUnavailable as exc:
-            self._health.report(Fact.REDIS_FAILED, str(exc))
+            self._health.report(Fact.REDIS_FAILED, str(exc), (pool,))
             if (known := self._l1.peek(pool, node_id)) is not None:
                 return known
             raise
-        self._health.heard()
+        self._health.heard((pool,))
         self._metrics.inc("l2_reads")
         now = self._clock.monotonic()
         if record is None:
@@ -200,7 +207,7 @@ class ReadPath:
         now = self._clock.monotonic()
         out: dict[str, NodeSnapshot | None] = {}
         missing: list[str] = []
-        local = self._modes.mode is Mode.LOCAL_ONLY
+        local = self._domains[pool].mode is Mode.LOCAL_ONLY
         for node_id in node_ids:
             cached = self._l1.peek(pool, node_id) if local else self._l1.get(pool, node_id, now)
             if cached is NEGATIVE:
@@ -216,9 +223,9 @@ class ReadPath:
             try:
                 records = await self._store.get_nodes(pool, missing)
             except RedisUnavailable as exc:
-                self._health.report(Fact.REDIS_FAILED, str(exc))
+                self._health.report(Fact.REDIS_FAILED, str(exc), (pool,))
                 raise
-            self._health.heard()
+            self._health.heard((pool,))
             self._metrics.inc("l2_reads", len(missing))
             for node_id, record in records.items():
                 if isinstance(record, MalformedRecord):
@@ -238,7 +245,7 @@ class ReadPath:
     ) -> Selection:
         """Pick placeable nodes from L1 (no lock, no I/O); explains what was filtered."""
         self.check_pool(pool)
-        self._check_fresh()
+        self._check_fresh(pool)
         return select(
             self._l1.pool(pool),
             pool=pool,

@@ -15,14 +15,15 @@ from collections.abc import Callable, Iterable
 
 from lockless.clock import Clock
 from lockless.config import NodeLifecycleConfig
-from lockless.core.modes import Mode, ModeController
+from lockless.core.modes import Mode
 from lockless.errors import RedisUnavailable
+from lockless.health import HealthMonitor
 from lockless.metrics import Metrics
 from lockless.redis.store import RedisStore
 
 
 class Reaper:
-    """Runs the reap script over every served pool, when the instance may."""
+    """Runs the reap script over every served pool, when the instance may (per pool's mode domain)."""
 
     def __init__(
         self,
@@ -30,29 +31,34 @@ class Reaper:
         *,
         pools: Iterable[str],
         store: RedisStore,
-        modes: ModeController,
+        health: HealthMonitor,
         clock: Clock,
         metrics: Metrics,
     ) -> None:
         self._config = config
         self._pools = sorted(pools)
         self._store = store
-        self._modes = modes
+        self._health = health
         self._clock = clock
         self._metrics = metrics
 
-    def may_reap(self) -> bool:
-        """NORMAL, and past the grace period after the last recovery (if any)."""
-        recovered = self._modes.last_recovered_at
-        in_grace = recovered is not None and self._clock.monotonic() - recovered < self._config.reap_grace_s
-        return self._modes.mode is Mode.NORMAL and not in_grace
+    def may_reap(self, pool: str | None = None) -> bool:
+        """``pool``'s mode (None: every pool's) is NORMAL, and past the grace period after its last
+        recovery (if any)."""
+        for domain in self._health.domains_of(None if pool is None else (pool,)):
+            recovered = domain.modes.last_recovered_at
+            now = self._clock.monotonic()
+            in_grace = recovered is not None and now - recovered < self._config.reap_grace_s
+            if domain.mode is not Mode.NORMAL or in_grace:
+                return False
+        return True
 
     async def reap_once(self) -> list[str]:
-        """Reap dead nodes of every pool (unless :meth:`may_reap` says no); returns their ids."""
-        if not self.may_reap():
-            return []
+        """Reap dead nodes of every pool that :meth:`may_reap`; returns their ids."""
         reaped: list[str] = []
-        for pool in self._pools:
+        # Decided for every pool before the first await, on the modes of this moment.
+        allowed = [pool for pool in self._pools if self.may_reap(pool)]
+        for pool in allowed:
             reaped += await self._store.reap(pool)
         self._metrics.inc("reaped", len(reaped))
         return reaped

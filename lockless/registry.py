@@ -12,6 +12,12 @@ A facade over parts that each have one job (DESIGN.md sections 4-6)::
 Every mode transition is fired from one table, ``lockless.health.FACTS``. Time comes
 from one injected :class:`~lockless.clock.Clock`. This class only builds and wires the
 parts, runs their tasks, and answers the ``Registry`` protocol by delegation.
+
+On a Redis Cluster (``redis+cluster://``, DESIGN.md section 8a) the same parts run with
+the store routing by slot (``redis/cluster.py``), a subscription per shard
+(``redis/cluster_subscriber.py``), and a mode, journal and data age per pool: a fault on
+one shard degrades only the pools on it. :attr:`LocklessRegistry.mode` is then the worst
+pool's mode, and :meth:`LocklessRegistry.mode_of` gives one pool's.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from lockless.metrics import Metrics, MetricsSnapshot
 from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, ReadResult, place
 from lockless.reads import ReadPath
 from lockless.reaper import Reaper
+from lockless.redis.cluster_subscriber import ClusterSubscriber
 from lockless.redis.store import RedisStore
 from lockless.redis.subscriber import Subscriber
-from lockless.sync import PoolSync, Recover, RelistPool
+from lockless.sync import PoolSync
+from lockless.work import Recover, RelistPool
 from lockless.writes import WritePath
 
 
@@ -48,6 +56,8 @@ class RegistryState:
     """What an instance knows about its own position, for operators and tests."""
 
     mode: Mode
+    #: pool -> its mode (all the same on one server; each pool its own on a cluster).
+    modes: Mapping[str, Mode]
     #: pool -> (last seq applied, epoch of the records held); seq None while a relist is pending.
     positions: Mapping[str, tuple[int | None, str | None]]
     journal_depth: int
@@ -70,7 +80,7 @@ class _Parts:
     reads: ReadPath
     writes: WritePath
     sync: PoolSync
-    subscriber: Subscriber
+    subscriber: Subscriber | ClusterSubscriber
     reaper: Reaper
 
 
@@ -92,23 +102,37 @@ def _assemble(config: RegistryConfig, instance: str, store: RedisStore | None, c
     # Two callbacks name parts built after them (the synchroniser, the subscriber): closures
     # look the names up when they fire, by which time both exist.
     health = HealthMonitor(
-        config.modes, clock=clock, instance=instance, on_recovery=lambda why: sync.request(Recover(why))
+        config.modes,
+        clock=clock,
+        instance=instance,
+        on_recovery=lambda why, of: sync.request(Recover(why, of)),
+        pools=pools,
+        per_pool=store.cluster is not None,
     )
-    writes = WritePath(journal=WriteJournal(config.journal.capacity), health=health, **shared, **common)
+    # One journal per mode domain: every pool's on one server, a pool's own on a cluster.
+    journals = {p: WriteJournal(config.journal.capacity) for p in sorted(pools)}
+    for domain in health.domains:
+        shared_journal = journals[min(domain.pools)]
+        journals.update(dict.fromkeys(domain.pools, shared_journal))
+    writes = WritePath(journals=journals, health=health, **shared, **common)
     reads = ReadPath(cache, health=health, rng=rng, **shared, **common)
     sync = PoolSync(
         config.subscriber,
         health=health,
         replay_journal=writes.replay,
-        stream_up=lambda: subscriber.connected.is_set(),
+        stream_up=lambda pool: subscriber.is_up(pool),
         **shared,
         **common,
     )
     channels = [store.keys.events(p) for p in sorted(pools)]
-    subscriber = Subscriber(
-        store.connections, config.subscriber, channels, sync, rng=random.Random(rng.random())
-    )
-    reaper = Reaper(config.nodes, pools=pools, store=store, modes=health.modes, clock=clock, metrics=metrics)
+    sub_rng = random.Random(rng.random())
+    subscriber: Subscriber | ClusterSubscriber
+    if store.cluster is not None:
+        by_pool = {p: store.keys.events(p) for p in sorted(pools)}
+        subscriber = ClusterSubscriber(store, config.subscriber, by_pool, sync, rng=sub_rng)
+    else:
+        subscriber = Subscriber(store.connections, config.subscriber, channels, sync, rng=sub_rng)
+    reaper = Reaper(config.nodes, pools=pools, store=store, health=health, clock=clock, metrics=metrics)
     return _Parts(store, metrics, health, reads, writes, sync, subscriber, reaper)
 
 
@@ -185,15 +209,24 @@ class LocklessRegistry:
     # ================================================================== status
     @property
     def mode(self) -> Mode:
+        """The instance's mode: the worst of its pools' (on one server they always agree)."""
         return self._health.mode
+
+    def mode_of(self, pool: str) -> Mode:
+        """The mode of one pool (on a cluster each pool has its own: a shard down degrades its pools)."""
+        self._reads.check_pool(pool)
+        return self._health.mode_of(pool)
 
     @property
     def pools(self) -> frozenset[str]:
         return self._pools
 
-    def last_sync_age(self) -> float:
-        """Seconds since this instance last heard from Redis (a message, a PONG or a reply)."""
-        return self._health.last_sync_age()
+    def last_sync_age(self, pool: str | None = None) -> float:
+        """Seconds since this instance last heard from Redis (a message, a PONG or a reply) about
+        ``pool``; None: about the pool heard from longest ago."""
+        if pool is not None:
+            self._reads.check_pool(pool)
+        return self._health.last_sync_age(pool)
 
     def last_seq(self, pool: str) -> int | None:
         """Highest ``seq`` of ``pool`` applied to L1 (None while a relist is pending)."""
@@ -205,30 +238,32 @@ class LocklessRegistry:
 
     def state(self) -> RegistryState:
         """This instance's mode, pool positions, journal depth and outage times."""
-        modes, seq = self._health.modes, self._sync.sequencer
+        health, seq = self._health, self._sync.sequencer
         indexes = {p: self._reads.l1_pool(p) for p in sorted(self._pools)}
         return RegistryState(
-            mode=modes.mode,
+            mode=health.mode,
+            modes={p: health.mode_of(p) for p in sorted(self._pools)},
             positions={p: (seq.last_seq(p), seq.epoch(p)) for p in sorted(self._pools)},
             journal_depth=self._writes.journal_depth,
-            outage_started_at=modes.outage_started_at,
-            last_recovered_at=modes.last_recovered_at,
+            outage_started_at=health.outage_started_at,
+            last_recovered_at=health.last_recovered_at,
             assumed={p: frozenset(i.assumed) if i is not None else frozenset() for p, i in indexes.items()},
         )
 
     def mode_switches(self) -> tuple[ModeSwitch, ...]:
-        return self._health.modes.switches
+        """Recent mode switches, oldest first; each names the pools it concerns (``ModeSwitch.pools``)."""
+        return self._health.switches()
 
     def take_replay_rejections(self) -> list[Admission]:
         """Journaled admissions Redis refused on replay since the last call; the scheduler re-places them."""
         return self._writes.take_replay_rejections()
 
     def metrics(self) -> MetricsSnapshot:
-        modes = self._health.modes
+        health = self._health
         self._metrics.counters["singleflight_joins"] = self._reads.flight.joins
         return self._metrics.snapshot(
-            mode=modes.mode.value,
-            mode_switches={(a.value, b.value): n for (a, b), n in modes.switch_counts.items()},
+            mode=health.mode.value,
+            mode_switches={(a.value, b.value): n for (a, b), n in health.switch_counts().items()},
             journal_depth=self._writes.journal_depth,
         )
 

@@ -14,13 +14,19 @@ version. The first real snapshot at that version or newer retires the assumption
 admits against the local view (never past the node's free slots) and journals; Redis
 re-checks on replay, and an admission refused then is kept for the scheduler
 (:meth:`WritePath.take_replay_rejections`): the job must be placed again.
+
+Modes and journals are per mode domain (``health.py``): every pool on one server shares
+one mode and one journal, as before; on a cluster each pool has its own, so a pool whose
+shard is down journals its writes while the pools of the other shards write to Redis.
+The order the journal keeps is the order within a pool (pools share no keys).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 from lockless.clock import Clock
@@ -30,10 +36,11 @@ from lockless.core.l1 import L1Store
 from lockless.core.modes import Mode
 from lockless.core.selection import is_placeable
 from lockless.core.snapshot import NodeSnapshot, NodeSpec
-from lockless.errors import JournalFull, RedisUnavailable, UnknownPool
+from lockless.errors import JournalFull, RedisUnavailable, UnknownPool, WriteNotReplicated
 from lockless.health import Fact, HealthMonitor
 from lockless.metrics import Metrics
 from lockless.protocol import Admission, HeartbeatResult
+from lockless.redis.runner import without_wait
 from lockless.redis.store import RedisStore
 
 log = logging.getLogger("lockless.registry")
@@ -51,7 +58,7 @@ class WritePath:
         pools: frozenset[str],
         store: RedisStore,
         l1: L1Store,
-        journal: WriteJournal,
+        journals: Mapping[str, WriteJournal],
         health: HealthMonitor,
         clock: Clock,
         metrics: Metrics,
@@ -60,7 +67,8 @@ class WritePath:
         self._pools = pools
         self._store = store
         self._l1 = l1
-        self._journal = journal
+        #: pool -> its domain's journal (one object shared by the pools of a domain).
+        self._journals = dict(journals)
         self._health = health
         self._clock = clock
         self._metrics = metrics
@@ -74,31 +82,38 @@ class WritePath:
 
     # ------------------------------------------------------------ the one path
     async def _redis_else(
-        self, what: str, call: Callable[[], Awaitable[T]], offline: Callable[[bool], U]
+        self, what: str, pool: str, call: Callable[[], Awaitable[T]], offline: Callable[[bool], U]
     ) -> T | U:
-        """Run ``call`` against Redis; in LOCAL_ONLY, or if this failure opens the circuit, ``offline``.
+        """Run ``call`` (a write of ``pool``) against Redis; in LOCAL_ONLY, or if this failure opens
+        the circuit, ``offline``. The mode and journal are those of ``pool``'s domain.
 
         ``offline(sent)`` is told whether this write was sent and failed: then Redis may yet
         have run it (a timeout leaves the command in the server's socket), so its outcome is
         unknown, and an offline answer must not contradict any outcome Redis may choose.
         """
         sent = False
-        if self._health.mode is not Mode.LOCAL_ONLY and not len(self._journal):
+        domain = self._health.of[pool]
+        if domain.mode is not Mode.LOCAL_ONLY and not len(self._journals[pool]):
             sent = True
             try:
                 result = await call()
+            except WriteNotReplicated:
+                # Redis answered: the shard works, its replica does not. Not acknowledged, but
+                # not an outage either (no journal: the primary already ran the write).
+                self._health.report(Fact.REDIS_ANSWERED, pools=domain.pools)
+                raise
             except RedisUnavailable as exc:
-                self._health.report(Fact.REDIS_FAILED, f"{what}: {exc}")
-                if self._health.mode is not Mode.LOCAL_ONLY:
+                self._health.report(Fact.REDIS_FAILED, f"{what}: {exc}", domain.pools)
+                if domain.mode is not Mode.LOCAL_ONLY:
                     raise
             else:
-                self._health.report(Fact.REDIS_ANSWERED)
+                self._health.report(Fact.REDIS_ANSWERED, pools=domain.pools)
                 return result
         return offline(sent)
 
     def _to_journal(self, command: WriteCommand) -> JournalEntry:
         try:
-            entry = self._journal.append(command, now=self._clock.monotonic())
+            entry = self._journals[command.pool].append(command, now=self._clock.monotonic())
         except JournalFull:
             self._metrics.inc("journal_rejections")
             raise
@@ -115,7 +130,10 @@ class WritePath:
         self._check_pool(spec.pool)
         command = Register(spec=spec)
         result = await self._redis_else(
-            "register", lambda: self._store.register_and_read(spec), lambda _: self._to_journal(command)
+            "register",
+            spec.pool,
+            lambda: self._store.register_and_read(spec),
+            lambda _: self._to_journal(command),
         )
         if isinstance(result, JournalEntry):
             return 0
@@ -128,7 +146,7 @@ class WritePath:
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
         self._check_pool(beat.pool)
         result = await self._redis_else(
-            "heartbeat", lambda: self._store.heartbeat(beat), lambda _: self._to_journal(beat)
+            "heartbeat", beat.pool, lambda: self._store.heartbeat(beat), lambda _: self._to_journal(beat)
         )
         if isinstance(result, JournalEntry):
             version = self._l1.version_of(beat.pool, beat.node_id)
@@ -141,8 +159,29 @@ class WritePath:
             return []
         for beat in beats:
             self._check_pool(beat.pool)
+        groups: dict[int, list[int]] = {}
+        for i, beat in enumerate(beats):
+            groups.setdefault(id(self._journals[beat.pool]), []).append(i)
+        if len(groups) == 1:
+            return await self._heartbeats_of_domain(beats)
+        # Several domains (a cluster): each its own batch, mode and journal, sent at once; an
+        # error of one domain is raised once every batch has finished.
+        parts = [[beats[i] for i in idx] for idx in groups.values()]
+        done = await asyncio.gather(*(self._heartbeats_of_domain(p) for p in parts), return_exceptions=True)
+        out: list[HeartbeatResult | None] = [None] * len(beats)
+        for idx, got in zip(groups.values(), done, strict=True):
+            if isinstance(got, BaseException):
+                raise got
+            for i, result in zip(idx, got, strict=True):
+                out[i] = result
+        return out  # type: ignore[return-value]
+
+    async def _heartbeats_of_domain(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]:
         results = await self._redis_else(
-            f"heartbeat x{len(beats)}", lambda: self._store.heartbeat_many(beats), lambda _: None
+            f"heartbeat x{len(beats)}",
+            beats[0].pool,
+            lambda: self._store.heartbeat_many(beats),
+            lambda _: None,
         )
         if results is not None:
             return results
@@ -153,7 +192,7 @@ class WritePath:
         self._check_pool(pool)
         command = Remove(pool=pool, node_id=node_id)
         result = await self._redis_else(
-            "remove", lambda: self._store.remove(pool, node_id), lambda _: self._to_journal(command)
+            "remove", pool, lambda: self._store.remove(pool, node_id), lambda _: self._to_journal(command)
         )
         if isinstance(result, JournalEntry):
             return self._l1.peek(pool, node_id) is not None
@@ -167,6 +206,7 @@ class WritePath:
         command = JobStart(pool=pool, node_id=node_id, job_id=job_id)
         admission = await self._redis_else(
             "job_start",
+            pool,
             lambda: self._store.job_start(pool, node_id, job_id),
             lambda sent: self._admit_locally(command, sent=sent),
         )
@@ -218,6 +258,7 @@ class WritePath:
         command = JobFinish(pool=pool, node_id=node_id, job_id=job_id)
         result = await self._redis_else(
             "job_finish",
+            pool,
             lambda: self._store.job_finish(pool, node_id, job_id),
             lambda _: self._to_journal(command),
         )
@@ -231,7 +272,11 @@ class WritePath:
     # ----------------------------------------------------------------- replay
     @property
     def journal_depth(self) -> int:
-        return len(self._journal)
+        return sum(len(j) for j in {id(j): j for j in self._journals.values()}.values())
+
+    def journal_depth_of(self, pool: str) -> int:
+        """Entries waiting in ``pool``'s journal (its domain's: every pool's on one server)."""
+        return len(self._journals[pool])
 
     def take_replay_rejections(self) -> list[Admission]:
         """Journaled admissions Redis refused on replay since the last call."""
@@ -239,13 +284,25 @@ class WritePath:
         self._replay_rejections.clear()
         return taken
 
-    async def replay(self) -> None:
-        """Send the journal to Redis, oldest first; raises RedisUnavailable if Redis fails meanwhile
-        (what was not acknowledged stays journaled for the next attempt)."""
+    async def replay(self, pools: Collection[str] | None = None) -> None:
+        """Send the journal of ``pools`` (None: every journal) to Redis, oldest first; raises
+        RedisUnavailable if Redis fails meanwhile (what was not acknowledged stays journaled
+        for the next attempt)."""
+        chosen = self._journals if pools is None else {p: self._journals[p] for p in pools}
+        for journal in {id(j): j for j in chosen.values()}.values():
+            await self._replay(journal)
+
+    async def _replay(self, journal: WriteJournal) -> None:
+        # No WAIT (redis.wait_replicas) for replays: a journaled write was answered "journaled",
+        # never promised durable; and a replay refused for want of a replica would block recovery.
+        with without_wait():
+            await self._replay_entries(journal)
+
+    async def _replay_entries(self, journal: WriteJournal) -> None:
         admitted_locally: dict[str, set[str]] = {}
         # Re-read the head each time: writes made during the replay are journaled behind it
         # (see _redis_else), and a heartbeat coalesced into the head must be replayed again.
-        while (entry := self._journal.head()) is not None:
+        while (entry := journal.head()) is not None:
             command = entry.command
             result = await self._store.send(command)
             if isinstance(command, JobStart):
@@ -261,7 +318,7 @@ class WritePath:
                         command.node_id,
                         result.reason,
                     )
-            if self._journal.ack(entry):
+            if journal.ack(entry):
                 self._metrics.inc("journal_replays")
         # A local admission is assumed in L1 at the node's old version. When Redis refused the
         # job on replay (or already held it) no new version follows, so no event would ever

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 
 from sim.cluster_node import ClusterError, LocalNode
 from sim.cluster_topology import ClusterTopology
@@ -19,6 +20,9 @@ from sim.cluster_view import SlotRange
 from sim.redis_server import RedisServerError
 
 __all__ = ["ClusterFaults", "FailoverMode"]
+
+#: How long a manual failover may take before it is asked again (the server gives up after 5 s).
+_MANUAL_FAILOVER_S = 6.0
 
 
 class FailoverMode(enum.StrEnum):
@@ -87,8 +91,19 @@ class ClusterFaults:
             args = ["CLUSTER", "FAILOVER"] + (
                 [] if chosen_mode is FailoverMode.GRACEFUL else [chosen_mode.upper()]
             )
-            target.command(*args, step="failover")
-            return self._wait_promoted(primary, slots, [target], timeout, f"failover {chosen_mode}")
+            step = f"failover {chosen_mode}"
+            deadline = time.monotonic() + timeout
+            # A manual failover the primaries refuse to vote for is dropped after its timeout
+            # (5 s), never retried: Redis 6.2 votes for a shard's replicas once per 2x the node
+            # timeout, so a second failover of a shard within that fails. Ask again until the deadline.
+            while True:
+                target.command(*args, step="failover")
+                attempt = min(_MANUAL_FAILOVER_S, max(1.0, deadline - time.monotonic()))
+                try:
+                    return self._wait_promoted(primary, slots, [target], attempt, step)
+                except ClusterError:
+                    if time.monotonic() >= deadline:
+                        raise
 
     def restart(
         self,

@@ -34,9 +34,11 @@ HEARTBEAT_PATHS = ("scheduler", "harness")
 #: Faults on the server process (need the embedded server) and on the link (need the proxy).
 SERVER_FAULTS = ("stop", "restart_empty", "pause", "kill_pubsub")
 LINK_FAULTS = ("latency", "blackhole", "cut", "refuse")
-FAULT_KINDS = SERVER_FAULTS + LINK_FAULTS
+#: Faults on a local cluster's shards (``[cluster]``; sim/cluster_target.py), each on one pool's shard.
+CLUSTER_FAULTS = ("kill_primary", "pause_primary", "failover", "move_slot")
+FAULT_KINDS = SERVER_FAULTS + LINK_FAULTS + CLUSTER_FAULTS
 #: Faults that happen at one instant; the others last ``duration_s``.
-INSTANT_FAULTS = ("restart_empty", "kill_pubsub", "cut")
+INSTANT_FAULTS = ("restart_empty", "kill_pubsub", "cut", "failover", "move_slot")
 
 
 def _num(name: str, value: Any, *, minimum: float = 0.0, strict: bool = False, maximum: float | None = None):
@@ -298,13 +300,24 @@ class FaultSpec:
     """One fault: what, when, for how long."""
 
     kind: str
-    """stop | restart_empty | pause | kill_pubsub (server); latency | blackhole | cut | refuse (link)."""
+    """stop | restart_empty | pause | kill_pubsub (server); latency | blackhole | cut | refuse (link);
+    kill_primary | pause_primary | failover | move_slot (a cluster's shard, see ``pool``)."""
     at_s: float
     """Simulated time the fault starts."""
     duration_s: float = 0.0
-    """How long it lasts (0 and ignored for the instant faults restart_empty, kill_pubsub, cut)."""
+    """How long it lasts (0 and ignored for the instant faults restart_empty, kill_pubsub, cut,
+    failover, move_slot). kill_primary: how long the killed node stays down before it is started
+    again (it rejoins as a replica); pause_primary: how long the primary is frozen."""
     delay_ms: float = 0.0
     """Added one-way delay, for ``latency``."""
+    pool: str = ""
+    """Cluster faults: the pool whose shard is hit (the primary owning its slot; move_slot moves
+    that slot to the next primary). Empty for the other kinds."""
+    lose_writes_s: float = 0.0
+    """kill_primary: for this long before the kill the primary's replica is cut off (frozen, its
+    replication link closed: a lagging replica), so the writes acknowledged meanwhile are lost
+    when it takes over. 0: the primary is killed with its replica in step (loses only what was
+    in flight). The kill happens at ``at_s + lose_writes_s``."""
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -316,10 +329,48 @@ class FaultSpec:
         _num("faults.delay_ms", self.delay_ms)
         if self.kind == "latency" and self.delay_ms <= 0:
             raise ConfigError("faults.delay_ms", self.delay_ms, "a number > 0 for a latency fault")
+        if not isinstance(self.pool, str):
+            raise ConfigError("faults.pool", self.pool, "a pool name (a string)")
+        if self.kind in CLUSTER_FAULTS and not self.pool:
+            raise ConfigError("faults.pool", self.pool, f"the pool whose shard the {self.kind} fault hits")
+        if self.kind not in CLUSTER_FAULTS and self.pool:
+            raise ConfigError(
+                "faults.pool", self.pool, f'"" (only cluster faults name a pool, not {self.kind})'
+            )
+        _num("faults.lose_writes_s", self.lose_writes_s)
+        if self.lose_writes_s and self.kind != "kill_primary":
+            raise ConfigError("faults.lose_writes_s", self.lose_writes_s, f"0 for a {self.kind} fault")
 
     @property
     def needs_proxy(self) -> bool:
         return self.kind in LINK_FAULTS
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.kind in CLUSTER_FAULTS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSection:
+    """Run against a Redis Cluster instead of one server (DESIGN.md section 8a; sim/cluster_target.py)."""
+
+    enabled: bool = False
+    """True: the harness starts a local cluster (``sim.cluster_server.LocalCluster``) of the server
+    ``LOCKLESS_SERVER`` names, or uses the cluster ``--redis-url redis+cluster://...`` names (then
+    the cluster faults are refused: the harness breaks only what it started)."""
+    primaries: int = 3
+    """Primaries (shards); the slots are split evenly between them."""
+    replicas_per_primary: int = 1
+    """Replicas of each primary (at least 1 for kill_primary, pause_primary and failover)."""
+    node_timeout_ms: int = 1000
+    """``cluster-node-timeout``: a node silent this long is suspected; a failover takes ~1.5-3x it."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("cluster.enabled", self.enabled, "true | false")
+        _int("cluster.primaries", self.primaries, 1)
+        _int("cluster.replicas_per_primary", self.replicas_per_primary, 0)
+        _int("cluster.node_timeout_ms", self.node_timeout_ms, 100)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -413,6 +464,7 @@ class ExperimentConfig:
     jobs: JobsSection = field(default_factory=JobsSection)
     schedulers: SchedulersSection = field(default_factory=SchedulersSection)
     faults: tuple[FaultSpec, ...] = ()
+    cluster: ClusterSection = field(default_factory=ClusterSection)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     """The library's configuration; ``pools`` comes from ``nodes.pools``, URL and namespace from the run."""
     baselines: BaselineOptions = field(default_factory=BaselineOptions)
@@ -437,8 +489,9 @@ class ExperimentConfig:
         for arch in self.overrides:
             if arch not in self.experiment.architectures:
                 raise ConfigError(
-                    f"overrides.{arch}", "(table)", "one of experiment.architectures: "
-                    + " | ".join(self.experiment.architectures)
+                    f"overrides.{arch}",
+                    "(table)",
+                    "one of experiment.architectures: " + " | ".join(self.experiment.architectures),
                 )
         if self.overrides and kind != "comparison":
             raise ConfigError("overrides", "(table)", "only with experiment.kind = 'comparison'")
@@ -459,6 +512,31 @@ class ExperimentConfig:
             )
         if set(self.registry.pools) != set(self.nodes.pools):
             object.__setattr__(self, "registry", dataclasses.replace(self.registry, pools=self.nodes.pools))
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        """Cluster faults need [cluster]; a cluster takes no single-server or link fault."""
+        if self.cluster.enabled and self.harness.workers > 1:
+            raise ConfigError("harness.workers", self.harness.workers, "1 with [cluster] enabled")
+        if self.cluster.enabled and set(self.experiment.architectures) != {"lockless"}:
+            # The baselines read whole pools through a client of one server (sim/architectures/
+            # pool_read.py, redis_select.py); only the library routes by slot.
+            raise ConfigError(
+                "experiment.architectures",
+                list(self.experiment.architectures),
+                '["lockless"] with [cluster] enabled',
+            )
+        for fault in self.faults:
+            if fault.on_cluster and not self.cluster.enabled:
+                raise ConfigError("faults.kind", fault.kind, "a cluster fault needs [cluster] enabled = true")
+            if self.cluster.enabled and not fault.on_cluster:
+                raise ConfigError("faults.kind", fault.kind, "on a cluster: " + " | ".join(CLUSTER_FAULTS))
+            if fault.on_cluster and fault.pool not in self.nodes.pools:
+                raise ConfigError("faults.pool", fault.pool, f"one of nodes.pools {list(self.nodes.pools)}")
+            if fault.kind != "move_slot" and fault.on_cluster and self.cluster.replicas_per_primary < 1:
+                raise ConfigError(
+                    "cluster.replicas_per_primary", 0, f">= 1 for a {fault.kind} fault (a replica takes over)"
+                )
 
     @property
     def slots(self) -> int:
@@ -499,6 +577,7 @@ class ExperimentConfig:
 
     @property
     def needs_server(self) -> bool:
+        """Faults that need a server (or cluster) the harness started itself."""
         return any(not f.needs_proxy for f in self.faults)
 
     def to_dict(self) -> dict[str, Any]:
@@ -515,6 +594,7 @@ _SECTIONS: dict[str, type] = {
     "baselines": BaselineOptions,
     "sweep": SweepSection,
     "contention": ContentionSection,
+    "cluster": ClusterSection,
 }
 
 

@@ -37,7 +37,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lockless import Registry
+from lockless import Registry, cancel_and_wait
 from sim.bridge import Bridge
 from sim.config import ExperimentConfig
 from sim.heartbeats import HeartbeatDriver, HeartbeatSink
@@ -210,10 +210,8 @@ class Dispatcher:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=timeout)
         left = [t for t in self.tasks if not t.done()]
-        for task in left:
-            task.cancel()
-        if left:
-            await asyncio.gather(*left, return_exceptions=True)
+        # One cancel() can be swallowed inside redis-py's wait_for (Python 3.11): repeat it.
+        await cancel_and_wait(left)
         return len(left)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

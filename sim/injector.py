@@ -2,7 +2,9 @@
 
 Server faults (stop, restart_empty, pause, kill_pubsub) act on the :class:`RedisServer`
 the harness started; link faults (latency, blackhole, cut, refuse) on the
-:class:`FaultProxy` that registries connect through. The blocking calls (a stop waits
+:class:`FaultProxy` that registries connect through; cluster faults (kill_primary,
+pause_primary, failover, move_slot) on the :class:`~sim.cluster_target.ClusterTarget`,
+which also records what each cost (``sim/cluster_target.py``). The blocking calls (a stop waits
 for the process to exit, a restart for the new one to answer PING) run in
 ``asyncio.to_thread`` so the loop, and with it every measured operation, keeps going.
 """
@@ -13,6 +15,7 @@ import asyncio
 from collections.abc import Sequence
 
 from lockless import ConfigError
+from sim.cluster_target import ClusterTarget
 from sim.config import FaultSpec
 from sim.model.plan import Kind, Op
 from sim.proxy import FaultProxy
@@ -27,7 +30,7 @@ class FaultInjector:
         self,
         faults: Sequence[FaultSpec],
         *,
-        server: RedisServer | None,
+        server: RedisServer | ClusterTarget | None,
         proxy: FaultProxy | None,
         recorders: Sequence[Recorder],
         clock,  # () -> loop time; the bridge's, so faults share the operations' timeline
@@ -53,6 +56,9 @@ class FaultInjector:
     async def __call__(self, op: Op, intended: float) -> None:
         fault = self.faults[op.idx]
         starting = op.kind is Kind.FAULT_START
+        if isinstance(self.server, ClusterTarget):
+            await self.server.apply(fault, starting, op.idx, self.recorders, self.clock)
+            return
         began = self.clock()
         await asyncio.to_thread(self._act, fault, starting)
         finished = self.clock()

@@ -251,8 +251,12 @@ class RedisServer:
         server: ServerBinary | ServerKind | str | None = None,
         extra_args: Sequence[str] = (),
         workdir: Path | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self._server = server if isinstance(server, ServerBinary) else find_server(server)
+        # Passed first on the command line, where redis-server expects a config file. Sentinel
+        # mode needs one it can rewrite (sim.sentinel_server); plain servers run without.
+        self._config_file = config_file
         self._port = port
         self._port_fixed = port is not None
         self._extra_args = tuple(extra_args)
@@ -375,6 +379,7 @@ class RedisServer:
                 raise RedisServerError("cannot pause: redis-server is not running")
             self._proc.send_signal(signal.SIGSTOP)
             self._paused = True
+            _wait_stopped(self._proc.pid)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`; harmless if not paused."""
@@ -453,7 +458,8 @@ class RedisServer:
 
     def _command(self) -> list[str]:
         # --daemonize no: stay our child, so we can signal and reap it; the log goes to stdout.
-        args = [self._server.path, "--bind", _HOST, "--port", str(self._port), "--daemonize", "no"]
+        args = [self._server.path, *([str(self._config_file)] if self._config_file else [])]
+        args += ["--bind", _HOST, "--port", str(self._port), "--daemonize", "no"]
         args += ["--dir", str(self._workdir), "--dbfilename", _DBFILE, "--save", "", "--appendonly", "no"]
         # Redis 7 and Valkey refuse DEBUG unless enabled (DESIGN §9); 6.2 does not know the option.
         if self._server.name == "valkey" or self._server.version >= (7, 0, 0):
@@ -516,3 +522,20 @@ class RedisServer:
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"
         return f"<RedisServer {_HOST}:{self._port} {self._server} {state}>"
+
+
+def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+    """Return once ``pid`` is stopped (state T in /proc): a signal is delivered asynchronously, and a
+    fault that says "paused" must not let the server answer one more command."""
+    deadline = time.monotonic() + timeout
+    stat = Path(f"/proc/{pid}/stat")
+    while time.monotonic() < deadline:
+        try:
+            # The state follows the parenthesised command name, which may itself hold spaces.
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return  # not Linux, or the process is gone: nothing to wait for
+        if state in ("T", "t"):
+            return
+        time.sleep(0.001)
+    raise RedisServerError(f"redis-server (pid {pid}) not stopped {timeout} s after SIGSTOP")

@@ -55,6 +55,7 @@ from lockless import (
     ModeSwitch,
     NodeSnapshot,
     RegistryConfig,
+    cancel_and_wait,
 )
 
 _LEN = struct.Struct("!I")
@@ -156,9 +157,7 @@ async def _serve(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(tasks))  # a single cancel() can be swallowed by redis-py's wait_for
         with contextlib.suppress(Exception):
             await asyncio.wait_for(registry.close(), 5.0)
         writer.close()
@@ -274,9 +273,7 @@ class RemoteRegistry:
 
     async def close(self) -> None:
         if self._status_task is not None:
-            self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
+            await cancel_and_wait([self._status_task])
             self._status_task = None
         with contextlib.suppress(LocklessError):
             await self._send("close")
@@ -287,9 +284,7 @@ class RemoteRegistry:
             self._writer.write(dumps((0, "exit", (), {})))
             await self._writer.drain()
             self._writer.close()
-        self._reader_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader_task
+        await cancel_and_wait([self._reader_task])
 
     async def _poll_status(self) -> None:
         while True:

@@ -138,6 +138,8 @@ def write_run(outcome: RunOutcome, out_root: Path, *, now: dt.datetime | None = 
     for arch, data in archs.items():  # the phase's INFO commandstats delta (sim/probe.py)
         if "commands" in outcome.phases.get(arch, {}):
             data["commands"] = outcome.phases[arch]["commands"]
+        if "cluster" in outcome.phases.get(arch, {}):  # faults, lost writes (sim/cluster_target.py)
+            data["cluster"] = outcome.phases[arch]["cluster"]
     summary = {
         "experiment": config.experiment.name,
         "description": config.experiment.description,
@@ -371,6 +373,9 @@ def report_md(summary: dict[str, Any]) -> str:
         )
         for v in a["violation_examples"][:5]:
             lines.append(f"  - t={v['t']:.3f} s {v['kind']}: {v['detail']}")
+    from sim.cluster_target import report_lines
+
+    lines += report_lines(summary["architectures"])
     lines += [
         "",
         "Files: percentiles.csv, timeline.csv, throughput.csv, histograms/, latency_percentiles.png, "

@@ -25,6 +25,12 @@ With ``harness.workers`` > 1, steps 2-5 run in worker processes (spawned), each 
 shard of nodes and instances, pinned to one wall-clock start; the parent bootstraps,
 injects the faults, runs the capacity check, and merges the workers' recorders
 (encoded HDR histograms: percentiles are never averaged).
+
+With ``[cluster] enabled`` the phases run against a :class:`~sim.cluster_target.ClusterTarget`
+instead of one server (a local 3+3 cluster, or ``--redis-url redis+cluster://...``): the
+registries' writes are recorded as acknowledged (``sim.acks``) so that each cluster fault
+can count the acknowledged writes it lost, and the phase ends with the fault timings
+(``ClusterTarget.end_phase``). The probe (commands per operation on one server) is not run.
 """
 
 from __future__ import annotations
@@ -42,10 +48,20 @@ from typing import Any
 
 import psutil
 
-from lockless import ConfigError, Heartbeat, LocklessError, RedisStore, Registry, RegistryConfig
+from lockless import (
+    ConfigError,
+    Heartbeat,
+    LocklessError,
+    RedisStore,
+    Registry,
+    RegistryConfig,
+    cancel_and_wait,
+)
+from sim.acks import AckingRegistry, AckingSink
 from sim.architectures import build
 from sim.bridge import Bridge
 from sim.checks import ModeWatch, capacity_sweep, capacity_watch, converge, loop_watch
+from sim.cluster_target import ClusterTarget
 from sim.config import ExperimentConfig, from_mapping
 from sim.dispatcher import Dispatcher
 from sim.heartbeats import CpuWindow, keep_alive, refresh_liveness
@@ -128,7 +144,7 @@ async def shard_phase(
     *,
     shard: int = 0,
     shards: int = 1,
-    server: RedisServer | None = None,
+    server: RedisServer | ClusterTarget | None = None,
     proxy: FaultProxy | None = None,
     start_wall: float | None = None,
     progress: Progress | None = None,
@@ -156,6 +172,7 @@ async def shard_phase(
         )
     monitors: list[asyncio.Task[Any]] = []
     rec: Recorder | None = None
+    cluster = server if isinstance(server, ClusterTarget) else None
     try:
         if harness.scheduler_processes:
             # The system under test in processes of its own: see sim/remote.py.
@@ -179,6 +196,12 @@ async def shard_phase(
         # The nodes heartbeat while the schedulers start (at 100,000 nodes that takes longer
         # than dead_after): without this the reapers would start by reaping the cluster.
         await refresh_liveness(checker, planner.cluster)
+        heartbeat_sink: Any = agents
+        if cluster is not None:
+            # Every write Redis acknowledges is recorded: each cluster fault counts what it lost.
+            ledger = cluster.begin_phase(target.namespace, config.nodes.pools)
+            registries = {k: AckingRegistry(r, ledger) for k, r in registries.items()}
+            heartbeat_sink = AckingSink(agents, ledger) if agents is not None else None
         # Everything built so far lives for the whole phase: move it out of the collector's
         # reach, so a full collection does not walk 100,000 nodes' worth of objects mid-run.
         gc.collect()
@@ -200,7 +223,7 @@ async def shard_phase(
             bridge=bridge,
             recorder=rec,
             on_fault=injector,
-            heartbeat_sink=agents,
+            heartbeat_sink=heartbeat_sink,
             initial_jobs=prefill,
         )
         modes = ModeWatch(registries, rec, bridge)
@@ -226,15 +249,19 @@ async def shard_phase(
         me, cpu0, wall0 = psutil.Process(), psutil.Process().cpu_times(), bridge.now()
         redis_proc = _process(server)
         redis_cpu0 = _cpu(redis_proc)
+        if cluster is not None:
+            cluster.cpu_mark()
         if schedulers is not None:
             schedulers.cpu_mark()
         rec.event(t0, "phase_start", arch)
         window = None
         if shards == 1:  # the steady state's CPU per heartbeat (sim/heartbeats.py)
+            # One server's CPU and commandstats; a cluster's nodes are summed phase-wide instead
+            # (redis_cpu_pct below), so its window holds the harness and the schedulers only.
             window = CpuWindow(
-                redis_pid=server.pid if server is not None else None,
+                redis_pid=redis_proc.pid if redis_proc is not None else None,
                 scheduler_pids=[p.pid for p in schedulers.procs.values()] if schedulers else (),
-                redis_url=target.checker_url,
+                redis_url=target.checker_url if cluster is None else None,
             )
             monitors.append(asyncio.create_task(_open_window(window, dispatcher, rec, bridge)))
         await dispatcher.run()
@@ -253,6 +280,8 @@ async def shard_phase(
         await asyncio.sleep(harness.quiet_s)  # the quiet period is part of the experiment, not a sync
         await converge(registries, checker, config.nodes.pools, rec, bridge, harness.convergence_s)
         modes.poll()
+        if cluster is not None:
+            await cluster.end_phase(registries, rec)
         cpu1 = me.cpu_times()
         wall = bridge.now() - wall0
         rec.counters["harness_cpu_pct"] = round(
@@ -260,6 +289,8 @@ async def shard_phase(
         )
         if redis_proc is not None:
             rec.counters["redis_cpu_pct"] = round(100 * (_cpu(redis_proc) - redis_cpu0) / wall)
+        if cluster is not None:  # every node's CPU, summed (in % of one core)
+            rec.counters["redis_cpu_pct"] = round(100 * cluster.cpu_seconds() / wall)
         if schedulers is not None:
             used = schedulers.cpu_seconds()
             # Sum over the scheduler processes, in % of one core (like the other CPU figures).
@@ -276,9 +307,7 @@ async def shard_phase(
         rec.event(bridge.now(), "phase_end", arch)
         return rec
     finally:
-        for task in monitors:
-            task.cancel()
-        await asyncio.gather(*monitors, return_exceptions=True)
+        await cancel_and_wait(monitors)  # a single cancel() can be swallowed by redis-py's wait_for
         closed = await asyncio.gather(*(_close(r) for r in registries.values()), return_exceptions=True)
         if rec is not None:
             rec.count("close_timeouts", sum(1 for ok in closed if ok is not True))
@@ -478,6 +507,8 @@ async def run_async(
     ``redis_url`` (external: server faults are refused), else a server started here.
     """
     outcome = RunOutcome(config=config)
+    if config.cluster.enabled:
+        return await _run_on_cluster(config, outcome, redis_url=redis_url, progress=progress)
     proxy: FaultProxy | None = None
     owns_server = server is None and redis_url is None
     if owns_server:
@@ -535,6 +566,50 @@ async def run_async(
             proxy.stop()
         if server is not None and owns_server:
             await asyncio.to_thread(server.cleanup)
+    return outcome
+
+
+async def _run_on_cluster(
+    config: ExperimentConfig, outcome: RunOutcome, *, redis_url: str | None, progress: Progress | None
+) -> RunOutcome:
+    """:func:`run_async` on a cluster: a local one (faults allowed), or the one ``redis_url`` names."""
+    if redis_url is not None:
+        if not redis_url.startswith(("redis+cluster://", "rediss+cluster://")):
+            raise ConfigError(
+                "--redis-url", redis_url, "a redis+cluster:// URL (the experiment has [cluster])"
+            )
+        if config.faults:
+            raise ConfigError(
+                "faults.kind",
+                ", ".join(sorted({f.kind for f in config.faults})),
+                "none with --redis-url (the harness breaks only the cluster it started)",
+            )
+    cluster = ClusterTarget(config.cluster, url=redis_url)
+    await asyncio.to_thread(cluster.start)
+    try:
+        outcome.machine["redis_version"] = (
+            cluster.version if redis_url is None else await _server_version(redis_url)
+        ) + f" (cluster of {config.cluster.primaries} primaries)"
+        outcome.machine["loadavg_start"] = _loadavg()
+        token = uuid.uuid4().hex[:6]
+        for arch in config.experiment.architectures:
+            phase_config = config.for_architecture(arch)
+            outcome.phases.setdefault(arch, {})["workload"] = workload(phase_config)
+            target = Target(
+                registry_url=cluster.url,
+                checker_url=cluster.url,
+                namespace=f"sim-{config.experiment.name}-{arch}-{token}",
+            )
+            rec = await shard_phase(phase_config, arch, target, server=cluster, progress=progress)
+            outcome.recorders[arch] = rec
+            outcome.phases.setdefault(arch, {})["cluster"] = {
+                **cluster.report,
+                "wait_replicas": config.registry.redis.wait_replicas,
+            }
+            await asyncio.to_thread(cluster.reset, target.namespace)
+        outcome.machine["loadavg_end"] = _loadavg()
+    finally:
+        await asyncio.to_thread(cluster.cleanup)
     return outcome
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
+from lockless import LocklessRegistry, Mode, NodeSpec
 from lockless.config import (
     CacheConfig,
     NodeLifecycleConfig,
@@ -128,3 +129,43 @@ class StallMeter:
                 break
             time.sleep(self._tick_s)  # the meter thread needs the GIL to record its tick
         return sum(max(0.0, min(end, b) - max(start, a)) for a, b in stalls)
+
+
+async def two_instances_see_each_other(
+    config: RegistryConfig,
+    *,
+    store: Callable[[], RedisStore] | None = None,
+    start_timeout: float = 30.0,
+) -> None:
+    """Two instances on ``config``: a registration and an admission, each seen by the other through events.
+
+    Both start (connection check, scripts, subscription, relist of an empty pool) before
+    ``a`` registers ``n1``: ``b`` can learn of it only from the event stream, or from a
+    repair, which the propagation count tells apart. ``b`` places a job on ``n1``; ``a``
+    must see the admission through its own subscriber. ``store`` (a factory) replaces each
+    instance's store, e.g. with one whose connections are broken on purpose.
+    """
+    a = LocklessRegistry(config, instance="a", store=store() if store else None)
+    b = LocklessRegistry(config, instance="b", store=store() if store else None)
+    try:
+        await a.start(timeout=start_timeout)
+        await b.start(timeout=start_timeout)
+        await a.register_node(NodeSpec(node_id="n1", pool="p", max_jobs=2))
+        await eventually(lambda: b.cached("p", "n1") is not None, 5.0, "b to see n1 through its subscriber")
+        placement = await b.place_job("p", "job-1")
+        assert placement.node_id == "n1", placement.reason
+        await eventually(
+            lambda: (n := a.cached("p", "n1")) is not None and n.current_jobs == 1,
+            5.0,
+            "a to see the admission through its subscriber",
+        )
+        for instance in (a, b):
+            metrics = instance.metrics()
+            # propagation_us is recorded only for events applied live, as they arrive on the
+            # subscription (never by a catch-up or a relist): proof the stream carried them.
+            assert metrics.histograms["propagation_us"].count >= 1, instance.instance
+            assert metrics["gaps"] == 0 and metrics["reconnects"] == 0, metrics.counters
+            assert instance.mode is Mode.NORMAL
+    finally:
+        await a.close()
+        await b.close()

@@ -190,6 +190,9 @@ class ModeSwitch:
     to_mode: Mode
     #: The rule's explanation with the counts that triggered it, plus the caller's reason.
     reason: str
+    #: The pools whose mode switched: all of an instance's pools on one server, one pool on a
+    #: cluster (each pool has its own machine there). Empty when the machine serves no pools.
+    pools: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.from_mode, Mode) or not isinstance(self.to_mode, Mode):
@@ -242,10 +245,16 @@ class ModeController:
     """
 
     def __init__(
-        self, thresholds: ModeThresholds = DEFAULT_THRESHOLDS, *, now: float, history: int = 1000
+        self,
+        thresholds: ModeThresholds = DEFAULT_THRESHOLDS,
+        *,
+        now: float,
+        history: int = 1000,
+        pools: tuple[str, ...] = (),
     ) -> None:
         require_int("history", history, minimum=1)
         self._thresholds = thresholds
+        self._pools = tuple(pools)
         self._mode = Mode.NORMAL
         self._mode_since = now
         self._failures = 0
@@ -261,6 +270,11 @@ class ModeController:
     def mode(self) -> Mode:
         """The current mode."""
         return self._mode
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        """The pools this machine decides for (stamped on every switch)."""
+        return self._pools
 
     @property
     def thresholds(self) -> ModeThresholds:
@@ -377,6 +391,7 @@ class ModeController:
             from_mode=self._mode,
             to_mode=rule.to,
             reason=f"{says} ({reason})" if reason else says,
+            pools=self._pools,
         )
         self._mode = rule.to
         self._mode_since = now

@@ -30,12 +30,32 @@ nothing falls between the relist and the stream.
 Lost data. Versions are pool seqs, so Redis losing data shows as a new ``epoch`` or as
 a ``seq`` below the highest version L1 ever held (``high_water``, from L1): either means
 the records L1 holds belong to a life of the pool that no longer exists.
+
+Lost writes (a failover, DESIGN.md section 8a). A replica promoted before it received the
+last writes of its primary has the same epoch and an older seq; new writes then reuse
+the lost seqs, so soon Redis's seq is past ``high_water`` again and neither test above
+sees the loss: the same seq now names another write. So the sequencer keeps a *mark* for
+the last :data:`HISTORY` seqs it applied per pool, the identity of the write at that seq
+(its server time in microseconds, ``ts_us``, unique to one write in practice; the
+caller passes it). Two writes at one seq are two histories (Raft's log matching, with
+the mark as the term):
+
+* an event at a seq already applied whose mark differs -> :data:`DIVERGED`;
+* Redis's log entry at our ``last_seq`` (read with the position, see :meth:`plan` and
+  :meth:`probe`) whose mark differs -> the pool's history diverged.
+
+A diverged pool counts as lost data until it is relisted: its records are installed as
+they are (versions may go back), as after an epoch change.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
+
+#: Marks (write identities) kept per pool, for the last this-many seqs applied.
+HISTORY = 256
 
 
 class Verdict(enum.Enum):
@@ -57,6 +77,8 @@ class Verdict(enum.Enum):
     LOST_DATA = "lost_data"
     #: ``probe``: behind Redis at two probes in a row: events were lost, not in flight.
     STALLED = "stalled"
+    #: An event at a seq already applied, of another write: Redis lost writes L1 applied.
+    DIVERGED = "diverged"
 
 
 APPLY = Verdict.APPLY
@@ -64,6 +86,7 @@ IGNORE = Verdict.IGNORE
 RELIST = Verdict.RELIST
 NEW_EPOCH = Verdict.NEW_EPOCH
 UP_TO_DATE = Verdict.UP_TO_DATE
+DIVERGED = Verdict.DIVERGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +108,10 @@ class PoolSequencer:
         self._epoch: dict[str, str | None] = {}
         # pool -> Redis seq seen behind at the previous probe (see probe()).
         self._behind: dict[str, int] = {}
+        # pool -> marks of the seqs up to last_seq, newest last (None: not known).
+        self._marks: dict[str, deque[int | None]] = {}
+        # Pools whose history diverged from Redis's: lost data until relisted.
+        self._diverged: set[str] = set()
 
     def last_seq(self, pool: str) -> int | None:
         """The highest seq applied for ``pool``, or None if the pool needs a relist."""
@@ -94,9 +121,28 @@ class PoolSequencer:
         """The epoch of the records L1 holds for ``pool`` (None if not known yet)."""
         return self._epoch.get(pool)
 
+    def mark(self, pool: str, seq: int) -> int | None:
+        """The mark of the write applied at ``seq`` (None if unknown or out of the kept history)."""
+        last, marks = self._last.get(pool), self._marks.get(pool)
+        if last is None or marks is None or seq > last:
+            return None
+        index = len(marks) - 1 - (last - seq)
+        return marks[index] if index >= 0 else None
+
+    def diverged(self, pool: str, seq: int, mark: int | None, at: int | None) -> bool:
+        """Redis, at ``seq`` now, holds at seq ``at`` a write (``mark``) other than the one we applied there.
+
+        ``at`` is the seq the log was read at (our ``last_seq`` when the read was sent: events
+        may have been applied since). Unknown marks (ours, or an entry the log no longer holds)
+        cannot tell: False. A Redis seq below ours is the ``high_water`` test's case (:meth:`lost_data`)."""
+        if at is None or mark is None or seq < at:
+            return False
+        mine = self.mark(pool, at)
+        return mine is not None and mine != mark
+
     # ------------------------------------------------------------ decisions
-    def on_event(self, pool: str, seq: int, epoch: str | None = None) -> Decision:
-        """Judge an event of ``pool``; an APPLY advances ``last_seq`` to ``seq``.
+    def on_event(self, pool: str, seq: int, epoch: str | None = None, mark: int | None = None) -> Decision:
+        """Judge an event of ``pool`` (``mark``: its write's identity); an APPLY advances ``last_seq``.
 
         A pool listed before its first write (at seq 0) adopts the epoch of the first
         event it meets (that write created the epoch) instead of treating it as new.
@@ -108,32 +154,58 @@ class PoolSequencer:
             return RELIST
         if seq == last + 1:
             self._last[pool] = seq
+            self._marks[pool].append(mark)  # (made by synced(), the only way to a position)
             return APPLY
         if seq <= last:
+            if mark is not None and (mine := self.mark(pool, seq)) is not None and mine != mark:
+                self._diverged.add(pool)
+                return DIVERGED
             return IGNORE
         return CatchUp(from_seq=last + 1, to_seq=seq)
 
-    def plan(self, pool: str, seq: int, epoch: str | None, high_water: int) -> Decision:
-        """Given Redis's ``seq``/``epoch`` for ``pool``: RELIST, CatchUp or UP_TO_DATE.
+    def plan(
+        self,
+        pool: str,
+        seq: int,
+        epoch: str | None,
+        high_water: int,
+        mark: int | None = None,
+        at: int | None = None,
+    ) -> Decision:
+        """Given Redis's ``seq``/``epoch`` for ``pool`` (and ``mark``, that of its log entry at seq
+        ``at``, our ``last_seq`` when read): RELIST, CatchUp or UP_TO_DATE.
 
         ``high_water`` must be read *before* the read that returned ``seq`` (see
         :meth:`lost_data`).
         """
         last = self._last.get(pool)
+        if self.diverged(pool, seq, mark, at):
+            self._diverged.add(pool)
         if last is None or self.lost_data(pool, seq, epoch, high_water) or seq < last:
             return RELIST
         if seq > last:
             return CatchUp(from_seq=last + 1, to_seq=seq)
         return UP_TO_DATE
 
-    def probe(self, pool: str, seq: int, epoch: str | None, high_water: int) -> Verdict:
-        """Judge a periodic read of Redis's ``seq``/``epoch``: OK, LOST_DATA or STALLED.
+    def probe(
+        self,
+        pool: str,
+        seq: int,
+        epoch: str | None,
+        high_water: int,
+        mark: int | None = None,
+        at: int | None = None,
+    ) -> Verdict:
+        """Judge a periodic read of Redis's ``seq``/``epoch`` (and ``mark``, that of its log entry at
+        seq ``at``, our ``last_seq`` when read): OK, LOST_DATA or STALLED.
 
         Being behind once is normal (events in flight); behind at two probes in a row,
         with ``last_seq`` still below what Redis had at the first, means events were
         lost silently (a half-open subscription, say): STALLED, repair the pool.
         """
         self.adopt_first_epoch(pool, epoch)
+        if self.diverged(pool, seq, mark, at):
+            self._diverged.add(pool)
         if self.lost_data(pool, seq, epoch, high_water):
             return Verdict.LOST_DATA
         last = self._last.get(pool)
@@ -155,7 +227,7 @@ class PoolSequencer:
         ``high_water`` must be read *before* the read that returned ``seq``: the
         instance's own writes may put newer versions into L1 while that read is in flight.
         """
-        if seq < high_water:
+        if seq < high_water or pool in self._diverged:
             return True
         known = self._epoch.get(pool)
         if known is None:
@@ -163,15 +235,19 @@ class PoolSequencer:
         return known != epoch
 
     # --------------------------------------------------------------- reports
-    def synced(self, pool: str, seq: int, epoch: str | None) -> None:
-        """A relist of ``pool`` read ``seq`` (before its records) and ``epoch``."""
+    def synced(self, pool: str, seq: int, epoch: str | None, mark: int | None = None) -> None:
+        """A relist of ``pool`` read ``seq`` (before its records), ``epoch``, and the mark of the
+        log entry at ``seq``."""
         self._last[pool] = seq
         self._epoch[pool] = epoch
         self._behind.pop(pool, None)
+        self._marks[pool] = deque([mark], maxlen=HISTORY)
+        self._diverged.discard(pool)
 
     def invalidate(self, pool: str) -> None:
         """Forget ``pool``'s position: its next event asks for a relist."""
         self._last.pop(pool, None)
+        self._marks.pop(pool, None)
 
     def adopt_first_epoch(self, pool: str, epoch: str | None) -> bool:
         """Learn the epoch the pool's first write created; only for a pool listed at seq 0.

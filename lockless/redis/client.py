@@ -13,7 +13,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from lockless.errors import RedisUnavailable
 from lockless.metrics import Metrics
@@ -26,11 +34,15 @@ UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 #: Server replies that are about the server's state, not about the command: the server
 #: is loading its data, or busy running a script. Treated as "unavailable" (retry later).
 _TRANSIENT_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+#: The same for a cluster, as redis-py parses them (the code stripped from the message): a slot
+#: moving or being migrated (redirections left after the router's retries), the cluster or the
+#: shard's primary down, a write that reached a node which just turned replica.
+_TRANSIENT_CLASSES = (NoScriptError, AskError, TryAgainError, ClusterDownError, ReadOnlyError)
 
 
 def is_transient_reply(exc: BaseException) -> bool:
     """A server error reply that says the server cannot serve now (not that the command was wrong)."""
-    return isinstance(exc, NoScriptError) or (
+    return isinstance(exc, _TRANSIENT_CLASSES) or (
         isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
     )
 

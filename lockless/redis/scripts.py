@@ -364,6 +364,26 @@ ALL: dict[str, str] = {
     "reap": REAP,
 }
 
+#: The one line (in ``emit``) by which every script publishes its event.
+PUBLISH_LINE = "redis.call('PUBLISH', P.channel, doc)"
+
+
+def sharded(bodies: dict[str, str]) -> dict[str, str]:
+    """The same scripts publishing with ``SPUBLISH``: on a cluster with sharded pub/sub.
+
+    A plain PUBLISH on a cluster is broadcast to every node over the cluster bus; SPUBLISH
+    reaches the subscribers of the pool channel's shard only, where the instances
+    SSUBSCRIBE (``cluster_subscriber.py``). The channel carries the pool's hash tag, so it
+    is in the slot of the script's keys. Only that line differs (and so the SHA); one server
+    and a cluster without sharded pub/sub (Redis 6.2) run the bodies above unchanged.
+    """
+    out = {}
+    for name, body in bodies.items():
+        if body.count(PUBLISH_LINE) != 1:
+            raise ValueError(f"script {name} must publish exactly once, by {PUBLISH_LINE!r}")
+        out[name] = body.replace(PUBLISH_LINE, "redis.call('SPUBLISH', P.channel, doc)")
+    return out
+
 
 def jobs_digest(job_ids: Iterable[str]) -> str:
     """The digest a heartbeat reports its job set by (``_jobs`` in the module docstring).

@@ -12,53 +12,44 @@ The store is I/O only: it decides nothing about caching or modes. Its parts:
 * the reads: node records (``HGETALL``), pool positions (``seq``/``epoch``), relists and
   log reads, decoded by ``lockless.core.snapshot``.
 
+On a Redis Cluster (a ``redis+cluster://`` URL) the same commands go through the
+factory's :class:`~lockless.redis.cluster.ClusterRouter`: every call names one pool, so
+it is one pipeline to the primary owning that pool's slot, and a call that spans pools
+(``pool_states``, a batch of heartbeats) is one pipeline per pool, sent at once. Whether
+the scripts publish with PUBLISH or SPUBLISH is found at start (``load_scripts``).
+
 :meth:`RedisStore.send` runs one write command (``lockless.core.commands``): the write
 path and the journal replay both go through it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.crc import key_slot
 
 from lockless.config import NodeLifecycleConfig, RedisConfig
 from lockless.core.commands import Heartbeat, JobFinish, JobStart, Register, Remove, WriteCommand
-from lockless.core.snapshot import ChangeEvent, NodeSnapshot, NodeSpec, parse_event, parse_node_hash
-from lockless.errors import MalformedRecord
+from lockless.core.snapshot import NodeSnapshot, NodeSpec, parse_node_hash
+from lockless.errors import MalformedRecord, RedisUnavailable
 from lockless.metrics import Metrics
 from lockless.protocol import Admission, HeartbeatResult
+from lockless.redis import scripts
 from lockless.redis.client import guarded
+from lockless.redis.cluster import connections_for
 from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
+from lockless.redis.pool_reader import LogRead, PoolListing, PoolPosition, PoolReader
 from lockless.redis.runner import ScriptRunner
 from lockless.redis.scripts import HEARTBEATS_PER_CALL, ScriptArgs
 
-
-@dataclass(frozen=True, slots=True)
-class PoolListing:
-    """A relist of one pool: ``seq`` read first, then every alive node's record."""
-
-    pool: str
-    seq: int
-    epoch: str | None
-    nodes: tuple[NodeSnapshot, ...]
-    #: Nodes whose record did not decode (counted and logged by the caller, never served).
-    malformed: tuple[MalformedRecord, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class LogRead:
-    """Entries read from a pool log; ``complete`` is False if the log no longer holds ``from_seq``."""
-
-    events: tuple[ChangeEvent, ...]
-    complete: bool
-    malformed: tuple[MalformedRecord, ...] = ()
+log = logging.getLogger("lockless.store")
 
 
 #: Quiet results remembered at most (one per node; see ``RedisStore._results``).
@@ -96,23 +87,52 @@ class RedisStore:
             publish_every_heartbeat=self.nodes.publish_every_heartbeat,
         )
         #: Where every connection of this store (and of a registry's subscriber) comes from.
-        self.connections = connections or ConnectionFactory(redis_config)
+        self.connections = connections or connections_for(redis_config)
+        #: The cluster's router (``redis+cluster://``), else None: one server, ``client`` below.
+        self.cluster = self.connections.cluster
+        #: The command client of the server (on a cluster: of the first seed, for keyless admin use).
         self.client = client or self.connections.command_client()
-        self.scripts = ScriptRunner(self.client, self.metrics)
+        self.scripts = ScriptRunner(
+            self.client,
+            self.metrics,
+            router=self.cluster,
+            wait_replicas=redis_config.wait_replicas,
+            wait_timeout_ms=redis_config.wait_timeout_ms,
+        )
+        self.reader = PoolReader(self.client, self.keys, self.metrics, self.cluster)
         #: The last quiet result per node, handed out again while it holds (see heartbeat_many).
         self._quiet: dict[str, HeartbeatResult] = {}
 
     @staticmethod
     def make_client(cfg: RedisConfig, **overrides: Any) -> aioredis.Redis:
         """A command client with the house settings for ``cfg`` (see ``ConnectionFactory``)."""
-        return ConnectionFactory(cfg).command_client(**overrides)
+        return connections_for(cfg).command_client(**overrides)
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self.cluster is not None:
+            await self.cluster.aclose()
 
     async def load_scripts(self) -> None:
-        """Load every script (idempotent; done lazily on NOSCRIPT as well)."""
+        """Load every script (idempotent; done lazily on NOSCRIPT as well).
+
+        On a cluster: the slot map is read first if it was not yet, and with sharded pub/sub
+        (Valkey, Redis >= 7) the scripts publish with SPUBLISH (``scripts.sharded``)."""
+        if self.cluster is not None:
+            if self.cluster.generation == 0:
+                await self.connections.check()
+            if self.cluster.sharded_pubsub:
+                self.scripts.use(scripts.sharded(scripts.ALL))
         await self.scripts.load_all()
+
+    # -------------------------------------------------------------- cluster
+    def slot(self, pool: str) -> int:
+        """The cluster slot of every key of ``pool`` (they share its hash tag)."""
+        return self.reader.slot(pool)
+
+    async def _cluster_run(self, pool: str, commands: list[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
+        assert self.cluster is not None
+        return await self.reader.on_pool(pool, commands, **kwargs)
 
     async def _guarded(self, what: str, fn: Any) -> Any:
         return await guarded(what, fn, self.metrics)
@@ -145,13 +165,26 @@ class RedisStore:
         once, before the event reaches its subscriber (read-your-writes).
         """
         pool, node_id = spec.pool, spec.node_id
-        replies = await self.scripts.call_many(
-            "register",
-            [self.args.register(spec)],
-            before=lambda pipe: pipe.sadd(self.keys.pools(), pool),
-            after=lambda pipe: pipe.hgetall(self.keys.node(pool, node_id)),
-        )
-        version, raw = int(replies[1]), replies[2]
+        if self.cluster is not None:
+            added, done = await asyncio.gather(
+                self._add_pools_on_cluster([pool]),
+                self.scripts.call_then(
+                    "register", self.args.register(spec), [("HGETALL", self.keys.node(pool, node_id))]
+                ),
+                return_exceptions=True,
+            )
+            if isinstance(done, BaseException):
+                raise done
+            self._pools_set_added(added)
+            version, (raw,) = int(done[0]), done[1]
+        else:
+            replies = await self.scripts.call_many(
+                "register",
+                [self.args.register(spec)],
+                before=lambda pipe: pipe.sadd(self.keys.pools(), pool),
+                after=lambda pipe: pipe.hgetall(self.keys.node(pool, node_id)),
+            )
+            version, raw = int(replies[1]), replies[2]
         try:
             record = parse_node_hash(pool, node_id, raw) if isinstance(raw, dict) and raw else None
         except MalformedRecord:
@@ -163,14 +196,45 @@ class RedisStore:
         if not specs:
             return []
         pools = sorted({s.pool for s in specs})
+        calls = [self.args.register(spec) for spec in specs]
+        if self.cluster is not None:
+            added, replies = await asyncio.gather(
+                self._add_pools_on_cluster(pools),
+                self.scripts.call_many("register", calls),
+                return_exceptions=True,
+            )
+            if isinstance(replies, BaseException):
+                raise replies
+            self._pools_set_added(added)
+            return [int(v) for v in replies]
         # The pools set lives outside the pools' slots, so no script touches it; queued
         # ahead of the calls it keeps the registration one round trip.
         replies = await self.scripts.call_many(
             "register",
-            [self.args.register(spec) for spec in specs],
+            calls,
             before=lambda pipe: pipe.sadd(self.keys.pools(), *pools),
         )
         return [int(v) for v in replies[1:]]
+
+    async def _add_pools_on_cluster(self, pools: Sequence[str]) -> None:
+        # The pools set has a slot of its own, on some shard: its SADD goes there beside the
+        # calls, and is best effort (see _pools_set_added), so that a registration depends on
+        # its pool's shard only: a shard down must not stop registrations in the others' pools.
+        assert self.cluster is not None
+        cluster, key = self.cluster, self.keys.pools()
+
+        async def add() -> None:
+            await cluster.execute(key_slot(key.encode()), [("SADD", key, *pools)])
+
+        await self._guarded("SADD pools", add)
+
+    @staticmethod
+    def _pools_set_added(outcome: BaseException | None) -> None:
+        """The pools set is an index for operators; the next registration in the pool adds it again."""
+        if isinstance(outcome, RedisUnavailable):
+            log.warning("pools set not updated (%s); registration done", outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatResult:
         """One heartbeat; version 0 means the node is unknown and no spec was given to re-create it."""
@@ -259,105 +323,59 @@ class RedisStore:
 
     # ---------------------------------------------------------------- reads
     async def get_node(self, pool: str, node_id: str) -> NodeSnapshot | None:
-        """One record (``HGETALL``); None if absent. Raises MalformedRecord if it does not decode."""
-        found = await self.get_nodes(pool, [node_id])
-        value = found[node_id]
-        if isinstance(value, MalformedRecord):
-            raise value
-        return value
+        """One record; None if absent. Raises MalformedRecord if it does not decode."""
+        return await self.reader.get_node(pool, node_id)
 
     async def get_nodes(
         self, pool: str, node_ids: Sequence[str]
     ) -> dict[str, NodeSnapshot | MalformedRecord | None]:
-        """Several records in one pipelined round trip; a bad record maps to its MalformedRecord."""
-        if not node_ids:
-            return {}
-
-        async def run() -> list:
-            pipe = self.client.pipeline(transaction=False)
-            for node_id in node_ids:
-                pipe.hgetall(self.keys.node(pool, node_id))
-            # One bad key (WRONGTYPE: clobbered by another program) must not fail the rest;
-            # any other error (BUSY, LOADING, ...) is the server's and fails the call.
-            replies = await pipe.execute(raise_on_error=False)
-            for reply in replies:
-                if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
-                    raise reply
-            return replies
-
-        what = "HGETALL" if len(node_ids) == 1 else f"HGETALL x{len(node_ids)}"
-        replies = await self._guarded(what, run)
-        out: dict[str, NodeSnapshot | MalformedRecord | None] = {}
-        for node_id, raw in zip(node_ids, replies, strict=True):
-            if isinstance(raw, ResponseError):
-                out[node_id] = MalformedRecord(node_id, "(key)", "holds another type than a hash")
-                continue
-            try:
-                out[node_id] = parse_node_hash(pool, node_id, raw) if raw else None
-            except MalformedRecord as exc:
-                out[node_id] = exc
-        return out
+        """Several records in one round trip; a bad record maps to its MalformedRecord."""
+        return await self.reader.get_nodes(pool, node_ids)
 
     async def pool_state(self, pool: str) -> tuple[int, str | None]:
-        """The pool's current ``seq`` (0 if none) and ``epoch`` (None if the pool has none)."""
-
-        async def run() -> list:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(self.keys.seq(pool))
-            pipe.get(self.keys.epoch(pool))
-            return await pipe.execute()
-
-        seq, epoch = await self._guarded("GET seq/epoch", run)
-        return int(seq or 0), epoch
+        """The pool's ``seq`` (0 if none) and ``epoch`` (None if none)."""
+        return await self.reader.pool_state(pool)
 
     async def pool_states(self, pools: Sequence[str]) -> dict[str, tuple[int, str | None]]:
-        """``pool_state`` of several pools in one round trip (the registry's liveness probe)."""
+        """``pool_state`` of several pools (one round trip on one server)."""
+        return await self.reader.pool_states(pools)
 
-        async def run() -> list:
-            pipe = self.client.pipeline(transaction=False)
-            for pool in pools:
-                pipe.get(self.keys.seq(pool))
-                pipe.get(self.keys.epoch(pool))
-            return await pipe.execute()
+    async def pool_states_each(
+        self, pools: Sequence[str]
+    ) -> dict[str, tuple[int, str | None] | RedisUnavailable]:
+        """``pool_states``, each pool answered or failed on its own (on a cluster)."""
+        return await self.reader.pool_states_each(pools)
 
-        flat = await self._guarded("GET seq/epoch", run)
-        return {pool: (int(flat[2 * i] or 0), flat[2 * i + 1]) for i, pool in enumerate(pools)}
+    async def positions(self, at: dict[str, int | None]) -> dict[str, PoolPosition]:
+        """Each pool's seq, epoch and the mark of its log entry at ``at[pool]``."""
+        return await self.reader.positions(at)
+
+    async def positions_each(self, at: dict[str, int | None]) -> dict[str, PoolPosition | RedisUnavailable]:
+        """:meth:`positions`, each pool answered or failed on its own (on a cluster)."""
+        return await self.reader.positions_each(at)
 
     async def relist(self, pool: str, *, batch: int = 1000) -> PoolListing:
-        """Read ``seq`` first, then every alive node (ZRANGE + pipelined HGETALL) (DESIGN.md section 5.3)."""
-        seq, epoch = await self.pool_state(pool)
-        ids = await self._guarded("ZRANGE alive", lambda: self.client.zrange(self.keys.alive(pool), 0, -1))
-        nodes: list[NodeSnapshot] = []
-        malformed: list[MalformedRecord] = []
-        for start in range(0, len(ids), batch):
-            for value in (await self.get_nodes(pool, ids[start : start + batch])).values():
-                if isinstance(value, MalformedRecord):
-                    malformed.append(value)
-                elif value is not None:
-                    nodes.append(value)
-        return PoolListing(pool=pool, seq=seq, epoch=epoch, nodes=tuple(nodes), malformed=tuple(malformed))
+        """``seq`` first, then every alive node's record (DESIGN.md section 5.3)."""
+        return await self.reader.relist(pool, batch=batch)
 
     async def read_log(self, pool: str, from_seq: int, *, count: int = 1000) -> LogRead:
-        """Entries with seq >= ``from_seq`` (up to ``count``); incomplete if ``from_seq`` was trimmed."""
-        entries = await self._guarded(
-            "XRANGE", lambda: self.client.xrange(self.keys.log(pool), min=f"{from_seq}-0", count=count)
-        )
-        if not entries or entries[0][0] != f"{from_seq}-0":
-            return LogRead(events=(), complete=False)
-        events: list[ChangeEvent] = []
-        malformed: list[MalformedRecord] = []
-        for _entry_id, fields in entries:
-            try:
-                events.append(parse_event(fields.get("e", "")))
-            except MalformedRecord as exc:
-                malformed.append(exc)
-        return LogRead(events=tuple(events), complete=True, malformed=tuple(malformed))
+        """Log entries with seq >= ``from_seq``; incomplete if ``from_seq`` was trimmed."""
+        return await self.reader.read_log(pool, from_seq, count=count)
 
     async def ping(self) -> float:
-        """Round trip of one PING, seconds."""
+        """Round trip of one PING, seconds (on a cluster: to the first seed)."""
         start = time.perf_counter()
         await self._guarded("PING", self.client.ping)
         return time.perf_counter() - start
 
     async def pools(self) -> set[str]:
-        return set(await self._guarded("SMEMBERS pools", lambda: self.client.smembers(self.keys.pools())))
+        key = self.keys.pools()
+        if self.cluster is not None:
+            cluster = self.cluster
+
+            async def members() -> list:
+                return await cluster.execute(key_slot(key.encode()), [("SMEMBERS", key)])
+
+            (found,) = await self._guarded("SMEMBERS pools", members)
+            return set(found)
+        return set(await self._guarded("SMEMBERS pools", lambda: self.client.smembers(key)))

@@ -55,14 +55,16 @@ class SubscriberSink(Protocol):
     def on_message(self, channel: str, data: bytes) -> None:
         """One published message (raw bytes, decoded by the sink), in arrival order."""
 
-    def on_subscribed(self, reconnect: bool) -> None:
-        """Every channel is subscribed; ``reconnect`` is False only for the very first session."""
+    def on_subscribed(self, reconnect: bool, pools: frozenset[str] | None = None) -> None:
+        """Every channel (of ``pools``; None: every pool's) is subscribed; ``reconnect`` is False only
+        the first time."""
 
-    def on_stream_lost(self, reason: str) -> None:
-        """The subscription is gone (error, dead link, silent re-subscribe): events may be missing."""
+    def on_stream_lost(self, reason: str, pools: frozenset[str] | None = None) -> None:
+        """The subscription (of ``pools``; None: all) is gone (error, dead link, silent re-subscribe):
+        events may be missing."""
 
-    def on_pong(self, rtt_s: float) -> None:
-        """The server answered a liveness PING on the subscription."""
+    def on_pong(self, rtt_s: float, pools: frozenset[str] | None = None) -> None:
+        """The server answered a liveness PING on the subscription (carrying ``pools``; None: all)."""
 
 
 class Subscriber:
@@ -87,6 +89,10 @@ class Subscriber:
         self._stopping = False
         self._sessions = 0
         self.connected = asyncio.Event()
+
+    def is_up(self, pool: str) -> bool:
+        """Whether ``pool``'s events arrive now: one subscription carries every pool."""
+        return self.connected.is_set()
 
     def start(self) -> None:
         if self._task is None:

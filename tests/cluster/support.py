@@ -29,3 +29,21 @@ def node_client(node: LocalNode, timeout: float = 5.0) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         single_connection_client=True,
     )
+
+
+def cluster_url(cluster: LocalCluster, seeds: int = 2) -> str:
+    """The library's URL of ``cluster``: ``redis+cluster://`` with its first ``seeds`` nodes as seeds."""
+    return "redis+cluster://" + ",".join(f"{host}:{port}" for host, port in cluster.startup_nodes[:seeds])
+
+
+def pools_on_distinct_shards(cluster: LocalCluster, count: int = 3, prefix: str = "p") -> list[str]:
+    """Pool names whose slots are owned by ``count`` different primaries now (first found)."""
+    chosen: dict[str, str] = {}
+    for i in range(1000):
+        name = f"{prefix}{i}"
+        owner = cluster.primary_for_key("{" + name + "}").node_id
+        if owner not in chosen.values():
+            chosen[name] = owner
+        if len(chosen) == count:
+            return sorted(chosen)
+    raise AssertionError(f"no {count} pools on distinct shards among 1000 names")

@@ -367,3 +367,12 @@ def test_thresholds_are_validated_naming_the_field(field, value, allowed):
     assert info.value.value is value
     assert allowed in info.value.allowed
     assert str(info.value).startswith(f"modes.{field}: got {value!r}")
+
+
+def test_switches_carry_the_pools_the_machine_decides_for():
+    # On a cluster each pool has a machine of its own; every switch names its pools.
+    controller = ModeController(ModeThresholds(failures_to_local=1), now=0.0, pools=("gpu",))
+    assert controller.pools == ("gpu",)
+    switch = controller.on_signal(Signal.REDIS_FAILED, 1.0)
+    assert switch is not None and switch.pools == ("gpu",)
+    assert ModeController(now=0.0).pools == () and switch == controller.switches[-1]

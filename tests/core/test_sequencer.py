@@ -6,6 +6,8 @@ import pytest
 
 from lockless.core.sequencer import (
     APPLY,
+    DIVERGED,
+    HISTORY,
     IGNORE,
     NEW_EPOCH,
     RELIST,
@@ -204,3 +206,105 @@ def test_an_event_of_another_epoch_is_new_unless_adopted_at_seq_0() -> None:
     assert seq.last_seq("p") == 2  # a new epoch moves nothing
     assert synced_at(3, None).on_event("p", 4, "e1") == NEW_EPOCH  # past seq 0, an unknown life
     assert PoolSequencer().on_event("p", 1, "e1") == NEW_EPOCH  # never listed: nothing to adopt into
+
+
+# ------------------------------------------------ marks: writes lost in a failover
+def marked(last: int, marks: list[int], pool: str = "p") -> PoolSequencer:
+    """Synced at ``last`` (marked ``marks[0]``), then ``marks[1:]`` applied in order."""
+    seq = PoolSequencer()
+    seq.synced(pool, last, "e1", marks[0])
+    for i, mark in enumerate(marks[1:], start=1):
+        assert seq.on_event(pool, last + i, "e1", mark) == APPLY
+    return seq
+
+
+def test_marks_are_kept_for_the_seqs_applied_and_none_beyond() -> None:
+    seq = marked(10, [100, 111, 112])
+    assert [seq.mark("p", s) for s in (10, 11, 12)] == [100, 111, 112]
+    assert seq.mark("p", 13) is None  # not applied yet
+    assert seq.mark("p", 9) is None  # before the relist: unknown
+    assert seq.mark("q", 10) is None  # a pool never listed
+
+
+def test_marks_keep_only_the_last_history_seqs() -> None:
+    seq = marked(0, [0, *range(1, HISTORY + 11)])
+    assert seq.last_seq("p") == HISTORY + 10
+    assert seq.mark("p", HISTORY + 10) == HISTORY + 10
+    assert seq.mark("p", 11) == 11  # the oldest kept
+    assert seq.mark("p", 10) is None
+
+
+def test_an_event_at_an_applied_seq_of_another_write_is_a_diverged_history() -> None:
+    seq = marked(10, [100, 111, 112])
+    assert seq.on_event("p", 11, "e1", 111) == IGNORE  # the same write again: a duplicate
+    assert seq.on_event("p", 11, "e1", None) == IGNORE  # no mark (an old writer): cannot tell
+    assert seq.on_event("p", 11, "e1", 999) == DIVERGED  # seq 11 reused by another write
+    # Lost data until relisted: a relist installs Redis as it is (versions may go back).
+    assert seq.lost_data("p", 20, "e1", high_water=12)
+    assert seq.plan("p", 20, "e1", high_water=12) == RELIST
+    seq.synced("p", 13, "e1", 130)
+    assert not seq.lost_data("p", 20, "e1", high_water=13)
+    assert seq.mark("p", 13) == 130 and seq.mark("p", 12) is None
+
+
+def test_an_event_below_the_kept_marks_is_ignored_without_a_verdict() -> None:
+    seq = marked(10, [100, 111])
+    assert seq.on_event("p", 9, "e1", 999) == IGNORE  # older than anything marked: unknown
+
+
+@pytest.mark.parametrize(
+    ("redis_seq", "mark_at_last", "diverged", "plan"),
+    [
+        (12, 112, False, UP_TO_DATE),  # Redis holds our last write at our last seq
+        (15, 112, False, CatchUp(from_seq=13, to_seq=15)),  # ... and has moved on
+        (15, 999, True, RELIST),  # another write at our last seq: ours was lost
+        (12, 999, True, RELIST),
+        (15, None, False, CatchUp(from_seq=13, to_seq=15)),  # the log no longer holds it: cannot tell
+        (11, 999, False, RELIST),  # Redis behind us: the high-water test's case (seq went back)
+    ],
+)
+def test_redis_holding_another_write_at_our_last_seq_is_a_diverged_history(
+    redis_seq: int, mark_at_last: int | None, diverged: bool, plan: object
+) -> None:
+    seq = marked(10, [100, 111, 112])
+    assert seq.diverged("p", redis_seq, mark_at_last, 12) is diverged
+    assert seq.plan("p", redis_seq, "e1", high_water=12, mark=mark_at_last, at=12) == plan
+    assert seq.lost_data("p", redis_seq, "e1", high_water=12) is (diverged or redis_seq < 12)
+
+
+def test_the_probe_reports_a_diverged_history_as_lost_data() -> None:
+    seq = marked(10, [100, 111, 112])
+    assert seq.probe("p", 12, "e1", high_water=12, mark=112, at=12) is Verdict.OK
+    assert seq.probe("p", 14, "e1", high_water=12, mark=999, at=12) is Verdict.LOST_DATA
+
+
+def test_the_mark_is_compared_at_the_seq_it_was_read_at() -> None:
+    # The log was read at our last seq 11; seq 12 was applied while the read was in flight.
+    seq = marked(10, [100, 111, 112])
+    assert not seq.diverged("p", 12, 111, at=11)
+    assert seq.diverged("p", 12, 112, at=11)  # Redis holds at 11 the write we applied at 12
+    assert not seq.diverged("p", 12, 111, at=None)  # no log entry asked about
+
+
+def test_without_a_mark_of_our_own_nothing_can_be_told() -> None:
+    seq = PoolSequencer()
+    seq.synced("p", 10, "e1")  # relisted without reading the log's entry
+    assert seq.mark("p", 10) is None
+    assert not seq.diverged("p", 15, 999, 10)
+    assert seq.on_event("p", 10, "e1", 999) == IGNORE
+    assert not seq.diverged("q", 15, 999, 10)  # a pool never listed
+
+
+def test_invalidate_forgets_the_marks() -> None:
+    seq = marked(10, [100, 111])
+    seq.invalidate("p")
+    assert seq.mark("p", 11) is None
+    seq.synced("p", 11, "e1", 211)
+    assert seq.mark("p", 11) == 211
+
+
+def test_applying_after_invalidate_and_resync_starts_a_fresh_history() -> None:
+    seq = PoolSequencer()
+    seq.synced("p", 0, None)
+    assert seq.on_event("p", 1, "e1", 10) == APPLY  # adopts the first epoch
+    assert seq.mark("p", 1) == 10

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lockless import LocklessRegistry, NodeSpec, RedisUnavailable
+from lockless import LocklessRegistry, NodeSpec, RedisUnavailable, TlsError
 from lockless.config import RedisConfig
 from lockless.errors import ConfigError
 from lockless.redis.connection import ConnectionFactory, parse_endpoint
@@ -113,3 +113,24 @@ async def test_nothing_listening_is_one_clear_error_at_start(ns: str) -> None:
     with pytest.raises(RedisUnavailable, match=r"cannot reach redis://127\.0\.0\.1:\d+: .*(Refused|refused)"):
         await registry.start(timeout=10.0)
     await registry.close()
+
+
+def test_tls_errors_name_each_setting_as_the_user_wrote_it() -> None:
+    from_url = parse_endpoint(RedisConfig(url="rediss://r:6379/0?ssl_ca_certs=/ca.pem")).tls
+    from_field = parse_endpoint(RedisConfig(url="rediss://r:6379/0", tls_ca_file="/ca.pem")).tls
+    assert from_url is not None and from_field is not None
+    assert from_url.setting("tls_ca_file") == "ssl_ca_certs in redis.url"
+    assert from_field.setting("tls_ca_file") == "redis.tls_ca_file"
+    # Set nowhere: both spellings, since either is how the user would fix it.
+    assert from_field.setting("tls_cert_file") == "redis.tls_cert_file (or ssl_certfile in redis.url)"
+
+
+async def test_a_rediss_url_to_a_plaintext_server_is_a_tls_error(ns: str) -> None:
+    with RedisServer() as server:
+        url = f"rediss://127.0.0.1:{server.port}/0"
+        registry = LocklessRegistry(fast_config(url, ns), instance="a")
+        # A plaintext Redis waits for the end of a line that a TLS hello never sends.
+        expected = r"TLS to rediss://127\.0\.0\.1:\d+: no answer to the TLS handshake.*serve TLS"
+        with pytest.raises(TlsError, match=expected):
+            await registry.start(timeout=10.0)
+        await registry.close()

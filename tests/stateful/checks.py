@@ -36,7 +36,7 @@ class Truth:
 
 async def read_truth(world: World) -> dict[str, Truth]:
     """Every pool as Redis holds it now, read through the world's own truth reader."""
-    client, keys = world.truth.client, world.truth.keys
+    client, keys = world.admin, world.truth.keys
     out: dict[str, Truth] = {}
     for pool in POOLS:
         listing = await world.truth.relist(pool)

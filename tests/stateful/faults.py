@@ -64,7 +64,7 @@ def lose_events(world: World, ops: list[Op], trim: bool) -> None:
             await steps.write(world, op)
         if trim:
             for pool in POOLS:
-                await world.truth.client.xtrim(world.truth.keys.log(pool), maxlen=0, approximate=False)
+                await world.admin.xtrim(world.truth.keys.log(pool), maxlen=0, approximate=False)
 
     world.run(go())
 
@@ -83,7 +83,7 @@ def silent_writes(world: World, ops: list[Op]) -> None:
 def publish_garbage(world: World, pool: str, garbage: str) -> None:
     """An undecodable message on ``pool``'s event channel."""
     TALLY["fault:garbage_event"] += 1
-    world.run(world.truth.client.publish(world.truth.keys.events(pool), garbage))
+    world.run(world.admin.publish(world.truth.keys.events(pool), garbage))
 
 
 def kill_command_connections(world: World) -> None:
@@ -118,7 +118,7 @@ def outage(world: World, w: int, keep_data: bool, ops: list[Op]) -> None:
         if not keep_data and WORK_AROUND_EPOCH_BUG:
             await epochs_known(world)
         if keep_data:
-            await world.truth.client.save()
+            await world.admin.save()
         await asyncio.to_thread(world.server.stop)
         try:
             await until(

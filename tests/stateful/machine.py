@@ -100,12 +100,16 @@ class RegistryMachine(RuleBasedStateMachine):
 
     def __init__(self, server: RedisServer) -> None:
         super().__init__()
-        self.world = World(server)
+        self.world = self.make_world(server)
         self.jobs_placed = 0
         self.history: list[str] = []
         #: Set by a failing step: teardown then only cleans up.
         self.failed = False
         TALLY["examples"] += 1
+
+    def make_world(self, server: RedisServer) -> World:
+        """The world this machine's examples run in (a cluster's machine makes its own)."""
+        return World(server)
 
     def teardown(self) -> None:
         """Every example ends settled (unless a step already failed), then everything is closed."""

@@ -165,9 +165,9 @@ def lapse(world: World, pool: str, k: int, reap_with: int | None) -> None:
     node_id = existing[k % len(existing)]
 
     async def go() -> None:
-        seconds, micros = await world.truth.client.time()
+        seconds, micros = await world.admin.time()
         past = int(seconds) * 1000 + int(micros) // 1000 - int(6 * DEAD_AFTER_S * 1000)
-        await world.truth.client.zadd(world.truth.keys.alive(pool), {node_id: past}, xx=True)
+        await world.admin.zadd(world.truth.keys.alive(pool), {node_id: past}, xx=True)
 
     world.run(go())
     world.model.lapse(pool, node_id)
@@ -179,8 +179,9 @@ def lapse(world: World, pool: str, k: int, reap_with: int | None) -> None:
 def reap(world: World, i: int) -> None:
     """Instance ``i``'s reaper removes exactly the lapsed nodes, and nothing unless NORMAL."""
     registry = world.inst(i)
-    # reap_once decides before its first await whether it may reap (NORMAL, no grace).
-    active = registry.mode is Mode.NORMAL
+    # reap_once decides before its first await, per pool, whether it may reap (the pool's mode
+    # NORMAL, no grace); on one server every pool has the instance's mode.
+    active = [p for p in sorted(POOLS) if registry.mode_of(p) is Mode.NORMAL]
     reaped = world.run(registry.reap_once())
     if not active:
         TALLY["reap:not_normal"] += 1
@@ -188,7 +189,7 @@ def reap(world: World, i: int) -> None:
         return
     TALLY["reap:reaped_nodes"] += len(reaped)
     at = 0
-    for pool in sorted(POOLS):
+    for pool in active:
         lapsed = world.model.lapsed(pool)
         order = reaped[at : at + len(lapsed)]
         at += len(lapsed)

@@ -88,6 +88,8 @@ class World:
 
     def __init__(self, server: RedisServer) -> None:
         self.server = server
+        #: Where the instances connect (a cluster's world: a redis+cluster:// URL).
+        self.url = server.url
         self.runner = asyncio.Runner()
         self.ns = f"sm-{uuid.uuid4().hex[:10]}"
         self.model = RegistryModel(POOLS, LOAD_TOLERANCE)
@@ -96,6 +98,8 @@ class World:
         truth_redis = RedisConfig(url=server.url, namespace=self.ns, socket_timeout_s=2.0, retries=3)
         self.truth = RedisStore(truth_redis, base.nodes)
         self.mute = mute_store(base.redis, base.nodes)
+        #: A client for the rules' own raw commands (a cluster's world: a cluster client).
+        self.admin: Any = self.truth.client
         self.instances: list[LocklessRegistry] = []
         #: (instance, pool) -> (epoch the instance knew, node -> highest version it has shown).
         self.seen: dict[tuple[int, str], tuple[str | None, dict[str, int]]] = {}
@@ -113,7 +117,7 @@ class World:
     async def start_instances(self, count: int) -> None:
         """Start ``count`` instances, ``i0``, ``i1``, ..., each with its own selection seed."""
         for i in range(count):
-            cfg = instance_config(self.server.url, self.ns, seed=i)
+            cfg = instance_config(self.url, self.ns, seed=i)
             registry = LocklessRegistry(cfg, instance=f"i{i}")
             await registry.start()
             self.instances.append(registry)
@@ -138,12 +142,16 @@ class World:
             if epoch is None:
                 del self.seen[key]
 
+    def revive(self) -> None:
+        """Whatever a failed step left broken is running again, so that closing can talk to it."""
+        self.server.resume()
+        if not self.server.running:
+            self.server.start()
+
     def close(self) -> None:
         """Bring the server back if a fault left it down, tally the instances' metrics, close everything."""
         try:
-            self.server.resume()
-            if not self.server.running:
-                self.server.start()
+            self.revive()
 
             async def close() -> None:
                 for r in self.instances:
