@@ -9,6 +9,8 @@ The store is I/O only: it decides nothing about caching or modes. Its parts:
 * a :class:`~lockless.redis.runner.ScriptRunner` calling the Lua scripts by SHA (one
   reload on ``NOSCRIPT``), with :class:`~lockless.redis.scripts.ScriptArgs` filling
   their KEYS and ARGV;
+* a :class:`~lockless.redis.heartbeat_writer.HeartbeatWriter`, which packs heartbeats due
+  together into batched ``HEARTBEAT`` calls and answers one result per beat;
 * the reads: node records (``HGETALL``), pool positions (``seq``/``epoch``), relists and
   log reads, decoded by ``lockless.core.snapshot``.
 
@@ -44,16 +46,14 @@ from lockless.redis import scripts
 from lockless.redis.client import guarded
 from lockless.redis.cluster import connections_for
 from lockless.redis.connection import ConnectionFactory
+from lockless.redis.heartbeat_writer import HeartbeatWriter
 from lockless.redis.keys import KeySpace
 from lockless.redis.pool_reader import LogRead, PoolListing, PoolPosition, PoolReader
 from lockless.redis.runner import ScriptRunner
-from lockless.redis.scripts import HEARTBEATS_PER_CALL, ScriptArgs
+from lockless.redis.scripts import ScriptArgs
 
 log = logging.getLogger("lockless.store")
 
-
-#: Quiet results remembered at most (one per node; see ``RedisStore._results``).
-_QUIET_RESULTS_MAX = 1_000_000
 
 #: What ``job_finish`` answers: (released, node version, current_jobs); version 0 = unknown node.
 FinishReply = tuple[bool, int, int]
@@ -100,8 +100,7 @@ class RedisStore:
             wait_timeout_ms=redis_config.wait_timeout_ms,
         )
         self.reader = PoolReader(self.client, self.keys, self.metrics, self.cluster)
-        #: The last quiet result per node, handed out again while it holds (see heartbeat_many).
-        self._quiet: dict[str, HeartbeatResult] = {}
+        self.heartbeats = HeartbeatWriter(self.scripts, self.args)
 
     @staticmethod
     def make_client(cfg: RedisConfig, **overrides: Any) -> aioredis.Redis:
@@ -242,54 +241,9 @@ class RedisStore:
         return result
 
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatResult]:
-        """Heartbeats due together, in one round trip: per pool, batches of up to
-        ``HEARTBEATS_PER_CALL`` beats per script call (pipelined when more than one).
-        Results in ``beats``' order."""
-        if not beats:
-            return []
-        pool = beats[0].pool
-        if len(beats) <= HEARTBEATS_PER_CALL and all(b.pool == pool for b in beats):
-            # The common case (a node agent's tick): one call, no pipeline, no reordering.
-            reply = await self.scripts.call("heartbeat", *self.args.heartbeats(pool, beats))
-            return self._results(beats, range(len(beats)), [reply])
-        by_pool: dict[str, list[int]] = {}
-        for i, beat in enumerate(beats):
-            by_pool.setdefault(beat.pool, []).append(i)
-        calls, order = [], []
-        for pool, indexes in by_pool.items():
-            for start in range(0, len(indexes), HEARTBEATS_PER_CALL):
-                part = indexes[start : start + HEARTBEATS_PER_CALL]
-                calls.append(self.args.heartbeats(pool, [beats[i] for i in part]))
-                order.extend(part)
-        return self._results(beats, order, await self.scripts.call_many("heartbeat", calls))
-
-    def _results(
-        self, beats: Sequence[Heartbeat], order: Sequence[int], replies: Sequence[Sequence[int]]
-    ) -> list[HeartbeatResult]:
-        """Each beat's result from the script replies: two integers per beat (version, outcome),
-        the beats in ``order``. Strict: a reply of the wrong length is a bug, not a result.
-
-        A node's quiet beats answer the same value beat after beat (its version, nothing
-        changed), so the last one is kept per node and handed out again: results are
-        immutable, and building one costs more than the rest of a beat's client-side work.
-        """
-        results: list[HeartbeatResult] = [None] * len(beats)  # type: ignore[list-item]
-        quiet = self._quiet
-        if len(quiet) > _QUIET_RESULTS_MAX:
-            quiet.clear()  # bounded: nodes that left are forgotten in one sweep
-        outcomes = (pair for reply in replies for pair in zip(reply[::2], reply[1::2], strict=True))
-        for i, (version, outcome) in zip(order, outcomes, strict=True):
-            node_id = beats[i].node_id
-            if outcome == 0:
-                known = quiet.get(node_id)
-                if known is None or known.version != version:
-                    known = quiet[node_id] = HeartbeatResult(node_id=node_id, version=version, changed=False)
-                results[i] = known
-            else:
-                results[i] = HeartbeatResult(
-                    node_id=node_id, version=version, changed=True, recreated=outcome == 2
-                )
-        return results
+        """Heartbeats due together, in one round trip (batched per pool: ``HeartbeatWriter``);
+        results in ``beats``' order."""
+        return await self.heartbeats.send(beats)
 
     async def remove(self, pool: str, node_id: str) -> int:
         """Remove the node; returns the removal's version, 0 if it did not exist."""

@@ -23,7 +23,6 @@ from lockless.core.snapshot import NodeSpec, parse_event, parse_node_hash
 from lockless.protocol import Heartbeat
 from lockless.redis import scripts
 from lockless.redis.keys import KeySpace
-from lockless.redis.runner import ScriptRunner
 from lockless.redis.scripts import jobs_digest
 from lockless.redis.store import RedisStore
 from sim.redis_server import RedisServer
@@ -393,8 +392,7 @@ def broken(store: RedisStore, old: str, new: str) -> RedisStore:
     """``store`` running a deliberately broken HEARTBEAT (``old`` replaced by ``new``):
     shows that a test can fail."""
     assert scripts.HEARTBEAT.count(old) == 1, old
-    bodies = {**scripts.ALL, "heartbeat": scripts.HEARTBEAT.replace(old, new)}
-    store.scripts = ScriptRunner(store.client, store.metrics, bodies)
+    store.scripts.use({**scripts.ALL, "heartbeat": scripts.HEARTBEAT.replace(old, new)})
     return store
 
 
