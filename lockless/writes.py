@@ -204,13 +204,18 @@ class WritePath:
         """Admission control in Redis; the answer is reflected in L1 at once ("assumed")."""
         self._check_pool(pool)
         command = JobStart(pool=pool, node_id=node_id, job_id=job_id)
+        local: list[Admission] = []
+
+        def offline(sent: bool) -> Admission:
+            local.append(self._admit_locally(command, sent=sent))
+            return local[0]
+
         admission = await self._redis_else(
-            "job_start",
-            pool,
-            lambda: self._store.job_start(pool, node_id, job_id),
-            lambda sent: self._admit_locally(command, sent=sent),
+            "job_start", pool, lambda: self._store.job_start(pool, node_id, job_id), offline
         )
-        if admission.reason == "journaled":
+        if local:
+            # Decided (and counted) on the local view: nothing new to learn from it, and its
+            # counts are the local view's, which must not be assumed back as Redis's answer.
             return admission
         self._metrics.inc("admissions" if admission.admitted else "rejections")
         if admission.version > 0:
@@ -238,6 +243,8 @@ class WritePath:
                 job_id=command.job_id,
                 reason=reason,
                 version=node.version if node else 0,
+                current_jobs=node.current_jobs if node else 0,
+                max_jobs=node.max_jobs if node else 0,
             )
         self._to_journal(command)
         # Same version: the local count is an assumption until Redis confirms it on replay.

@@ -138,6 +138,34 @@ async def test_a_local_admission_redis_does_not_count_leaves_no_phantom_job(
     await writer.close()
 
 
+async def test_a_local_rejection_leaves_the_cached_node_as_it_was(fault_server: RedisServer, ns: str) -> None:
+    """A LOCAL_ONLY ``job_start`` on a full node must not rewrite the node's job count in L1.
+
+    ``_admit_locally`` (lockless/writes.py) answers a local rejection with an ``Admission``
+    whose ``current_jobs`` is left at its default, 0; ``WritePath.job_start`` then took it
+    for Redis's answer and assumed ``current_jobs = 0`` at the node's version, so L1 held
+    a full node as empty at the same version as Redis, for good (found by the stateful
+    suite: an outage whose journaled ``job_start`` aimed at a full node). It also counted
+    the rejection twice. Fix: only an answer from Redis is assumed and counted there; a
+    local rejection reports the local view's counts.
+    """
+    cfg = fast_config(fault_server.url, ns)
+    async with LocklessRegistry(cfg, instance="a") as a:
+        await a.register_node(NodeSpec(node_id="n0", pool="p", max_jobs=1))
+        assert (await a.job_start("p", "n0", "j1")).admitted
+        await eventually(lambda: a.last_seq("p") == 2, 3.0, "the admission's event")
+        before = cache_view(a, "p")
+        assert before == {"n0": (2, 1, "up")}
+        rejections = a.metrics()["rejections"]
+        await asyncio.to_thread(fault_server.stop)
+        await eventually(lambda: a.mode is Mode.LOCAL_ONLY, 5.0, "LOCAL_ONLY")
+        local = await a.job_start("p", "n0", "j2")
+        assert (local.admitted, local.reason, local.version) == (False, "full", 2)
+        assert (local.current_jobs, local.max_jobs) == (1, 1)  # what the local view holds
+        assert cache_view(a, "p") == before
+        assert a.metrics()["rejections"] == rejections + 1
+
+
 async def test_close_returns_even_if_a_command_swallowed_the_cancellation(
     fault_server: RedisServer, ns: str
 ) -> None:
