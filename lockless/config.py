@@ -75,7 +75,8 @@ class RedisConfig:
     ends short of this count are still done (the primary ran them) and are counted in the
     ``writes_unreplicated`` metric."""
     wait_timeout_ms: int = 100
-    """How long ``WAIT`` may hold a write (``wait_replicas`` > 0), in ms; counted in its latency."""
+    """How long ``WAIT`` may hold a write (``wait_replicas`` > 0), in ms; counted in its latency. The
+    command read timeout is then ``socket_timeout_s`` plus this (a held reply is not a dead server)."""
     tls_ca_file: str | None = None
     """PEM bundle of the CA(s) that sign the server's certificate (a private CA); None: the system CAs.
     When None, the URL's ``ssl_ca_certs`` query parameter applies. TLS needs a ``rediss://`` URL."""

@@ -358,10 +358,14 @@ class ConnectionFactory:
     def command_client(self, **overrides: Any) -> aioredis.Redis:
         """A client with the house settings: timeouts, bounded blocking pool, explicit retries."""
         cfg, ep = self.config, self.endpoint
+        held_s = cfg.wait_timeout_ms / 1000 if cfg.wait_replicas else 0.0
         kwargs: dict[str, Any] = {
             "max_connections": cfg.max_connections,
             "timeout": cfg.pool_timeout_s,
-            "socket_timeout": cfg.socket_timeout_s,
+            # A write followed by WAIT may legitimately be held wait_timeout_ms by the server: were
+            # that counted against socket_timeout, the call would time out and be retried on a
+            # new connection, whose WAIT covers none of the first attempt's writes.
+            "socket_timeout": cfg.socket_timeout_s + held_s,
             "socket_connect_timeout": cfg.connect_timeout_s,
             # Jittered exponential backoff from 10 ms, capped at 50 ms: one quick retry repairs a
             # stale pooled socket after a restart without turning a timeout into a long stall.

@@ -134,3 +134,18 @@ async def test_a_rediss_url_to_a_plaintext_server_is_a_tls_error(ns: str) -> Non
         with pytest.raises(TlsError, match=expected):
             await registry.start(timeout=10.0)
         await registry.close()
+
+
+def test_a_write_held_by_wait_is_not_timed_out() -> None:
+    # A reply WAIT holds for wait_timeout_ms must not be cut off by the socket timeout: the call
+    # would be retried on a new connection, whose WAIT covers none of the first attempt's writes
+    # (seen in tests/cluster: a paused replica's WAIT then answered 1, a write looked replicated).
+    url = "redis://127.0.0.1:6379/0"
+    plain = RedisConfig(url=url, socket_timeout_s=0.25)
+    waiting = RedisConfig(url=url, socket_timeout_s=0.25, wait_replicas=1, wait_timeout_ms=200)
+
+    def timeout_of(cfg: RedisConfig) -> float:
+        return ConnectionFactory(cfg).command_client().connection_pool.connection_kwargs["socket_timeout"]
+
+    assert timeout_of(plain) == 0.25
+    assert timeout_of(waiting) == pytest.approx(0.45)
