@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import MovedError, ResponseError
 from redis.retry import Retry
 
 from sim.cluster_server import LocalCluster, LocalNode
@@ -47,3 +52,16 @@ def pools_on_distinct_shards(cluster: LocalCluster, count: int = 3, prefix: str 
         if len(chosen) == count:
             return sorted(chosen)
     raise AssertionError(f"no {count} pools on distinct shards among 1000 names")
+
+
+@contextlib.contextmanager
+def raises_moved() -> Iterator[None]:
+    """Expect the server's MOVED redirect on a plain connection, whatever redis-py calls it.
+
+    redis-py 6.0 and later raise ``MovedError`` for it; 5.x (the library's lowest supported
+    redis-py, tested in CI's lowest-versions step) raises a plain ``ResponseError`` reading
+    ``MOVED <slot> <host:port>``. What these tests pin is the server's answer.
+    """
+    with pytest.raises(ResponseError) as caught:
+        yield
+    assert isinstance(caught.value, MovedError) or str(caught.value).startswith("MOVED "), caught.value

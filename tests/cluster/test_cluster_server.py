@@ -14,12 +14,12 @@ import time
 import pytest
 import redis
 import redis.asyncio.cluster as aiocluster
-from redis.exceptions import MovedError, ResponseError
+from redis.exceptions import ResponseError
 
 from sim.cluster_server import ClusterError, FailoverMode, LocalCluster
 from sim.cluster_view import SLOTS
 from sim.redis_server import ServerBinary
-from tests.cluster.support import cluster_client, node_client
+from tests.cluster.support import cluster_client, node_client, raises_moved
 
 
 def cluster_info(client: redis.Redis) -> dict[str, str]:
@@ -78,7 +78,7 @@ def test_writes_through_the_cluster_client_land_on_the_slot_owner(cluster: Local
     assert len(others) == 2
     for other in others:
         assert node_client(other).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
-        with pytest.raises(MovedError):
+        with raises_moved():
             node_client(other).get(keys[3])  # the other primaries redirect to the owner
     rc.close()
 
@@ -205,7 +205,7 @@ def test_pubsub_per_server_kind(cluster: LocalCluster, server_binary: ServerBina
     assert sharded.get_sharded_message(timeout=2.0)["type"] == "ssubscribe"  # type: ignore[index]
     assert rc.spublish(channel, "sharded") == 1
     assert sharded.get_sharded_message(timeout=2.0)["data"] == b"sharded"  # type: ignore[index]
-    with pytest.raises(MovedError):  # a shard channel lives on the shard that owns its slot
+    with raises_moved():  # a shard channel lives on the shard that owns its slot
         elsewhere = node_client(others[0]).pubsub()
         elsewhere.ssubscribe(channel)
         elsewhere.get_sharded_message(timeout=2.0)
