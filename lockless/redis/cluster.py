@@ -135,8 +135,6 @@ class ClusterRouter:
         self._factory = factory
         parsed = parse_cluster_url(config.url)
         self.seeds = parsed.seeds
-        #: The first seed as a one-server config: the endpoint, TLS and AUTH of every node.
-        self.seed_config = dataclasses.replace(config, url=parsed.seed_url)
         self._clients: dict[Address, aioredis.Redis] = {}
         self._owner: list[Address | None] = [None] * SLOTS
         self._refreshing: asyncio.Task[bool] | None = None

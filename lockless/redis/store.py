@@ -129,10 +129,6 @@ class RedisStore:
         """The cluster slot of every key of ``pool`` (they share its hash tag)."""
         return self.reader.slot(pool)
 
-    async def _cluster_run(self, pool: str, commands: list[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
-        assert self.cluster is not None
-        return await self.reader.on_pool(pool, commands, **kwargs)
-
     async def _guarded(self, what: str, fn: Any) -> Any:
         return await guarded(what, fn, self.metrics)
 
