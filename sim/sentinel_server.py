@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import shutil
 import tempfile
 import threading
@@ -53,6 +54,7 @@ __all__ = ["Failover", "SentinelError", "SentinelGroup"]
 Address = tuple[str, int]
 _POLL_S = 0.02  # poll interval of every wait; deadlines, not this, bound the waits
 _LOG_LINES = 15
+_log = logging.getLogger(__name__)
 # Groups still running, for the atexit hook (RedisServer kills the processes; we remove workdirs).
 _LIVE: set[SentinelGroup] = set()
 
@@ -129,6 +131,8 @@ class SentinelGroup:
         self._watch = _Sentinels(self, sentinels)
         self._sentinels = self._watch.processes
         self._demoted: str | None = None  # the node the last failover took the primary role from
+        #: Failovers the sentinels made on their own while restart_old_primary() rejoined a node.
+        self.unplanned_failovers = 0
         self._lock = threading.RLock()
         _LIVE.add(self)  # the workdirs exist from here on
 
@@ -244,6 +248,13 @@ class SentinelGroup:
         ``REPLICAOF`` and ``CLIENT KILL TYPE normal``/``pubsub``, so its clients reconnect
         through Sentinel), only at once rather than after the ~10 s they wait first.
         Returns once it is in sync and every sentinel sees it as a healthy replica.
+
+        Should the sentinels fail over once more while it syncs (on a loaded machine a
+        primary that misses their PINGs for ``down_after_ms`` is failed over: seen once in
+        CI, the returning node was promoted before its sync), the group is rebuilt around
+        the primary they name then, the other node its replica: the group always ends as one
+        primary and one synced replica. Such failovers are counted in
+        :attr:`unplanned_failovers` and logged.
         """
         with self._lock:
             if self._demoted is None:
@@ -252,15 +263,29 @@ class SentinelGroup:
             name, node = self._demoted, self._nodes[self._demoted]
             # The failover first (a caller may come here after a kill_primary() that timed out):
             # an old primary back before the sentinels decide would simply stay primary.
-            primary = self._node_at(self._wait_agreed_primary(deadline, other_than=(node.host, node.port)))[1]
-            if node.paused:
-                node.resume()
-            elif not node.running:
-                try:
-                    node.start(timeout=_left(deadline))
-                except RedisServerError as exc:
-                    raise SentinelError(f"{name} (old primary) did not restart: {exc}") from exc
-            self._replicate(node, primary, deadline, name=name, kill_clients=True)
+            primary_at = self._wait_agreed_primary(deadline, other_than=(node.host, node.port))
+            while True:
+                primary = self._node_at(primary_at)[1]
+                name, node = next((n, s) for n, s in self._nodes.items() if s is not primary)
+                if node.paused:
+                    node.resume()
+                elif not node.running:
+                    try:
+                        node.start(timeout=_left(deadline))
+                    except RedisServerError as exc:
+                        raise SentinelError(f"{name} (old primary) did not restart: {exc}") from exc
+                moved_to = self._replicate(node, primary, deadline, name=name, kill_clients=True)
+                if moved_to is None:
+                    break
+                self.unplanned_failovers += 1
+                _log.warning(
+                    "sentinels failed over again while %s synced: primary now %s:%s, not %s:%s; rebuilding",
+                    name,
+                    *moved_to,
+                    primary.host,
+                    primary.port,
+                )
+                primary_at = self._wait_agreed_primary(deadline)
             # Not waiting for the sentinels' view of its link: they refresh a replica's INFO only
             # every 10 s, and refresh it each second during a failover, before choosing a replica.
             self._watch.wait_discovery(deadline, link_reported=False)
@@ -327,11 +352,26 @@ class SentinelGroup:
         *,
         name: str,
         kill_clients: bool = False,
-    ) -> None:
+    ) -> Address | None:
+        """Make ``node`` a replica of ``primary``; wait for the sync.
+
+        Returns None once synced, or, when ``kill_clients`` (the group is running its
+        sentinels), the primary the sentinels agree on instead if they fail over meanwhile.
+        """
+        moved: list[Address] = []
+
         def synced() -> bool:
             with _admin(node) as client:
                 info = client.info("replication")
-            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+            if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                return True
+            if kill_clients:
+                answers = self._watch.ask_all()
+                agreed = answers[0] if len(set(answers)) == 1 and isinstance(answers[0], tuple) else None
+                if agreed is not None and agreed != (primary.host, primary.port):
+                    moved.append(agreed)
+                    return True
+            return False
 
         try:
             with _admin(node) as client, client.pipeline(transaction=True) as tx:
@@ -344,7 +384,13 @@ class SentinelGroup:
                 tx.execute()
         except redis.RedisError as exc:
             raise SentinelError(f"{name}: REPLICAOF {primary.host} {primary.port} failed: {exc}") from exc
-        _wait(synced, deadline, f"{name} to sync from the primary at {primary.host}:{primary.port}")
+        _wait(
+            synced,
+            deadline,
+            f"{name} to sync from the primary at {primary.host}:{primary.port}",
+            lambda: _replication_report({name: node, "primary": primary}) + "\n" + self._watch.logs(),
+        )
+        return moved[0] if moved else None
 
     def _node_at(self, address: Address) -> tuple[str, RedisServer]:
         for name, node in self._nodes.items():
@@ -473,6 +519,24 @@ def _wait(
             tail = f"\n{logs()}" if logs is not None else ""
             raise SentinelError(f"timed out waiting for {what}{last_error}{tail}")
         time.sleep(_POLL_S)
+
+
+def _replication_report(nodes: dict[str, RedisServer]) -> str:
+    """Each data node's replication state and log tail: why a sync did not complete."""
+    parts = []
+    for label, node in nodes.items():
+        try:
+            with _admin(node, timeout=0.5) as client:
+                info = client.info("replication")
+            state = ", ".join(f"{k}={info[k]}" for k in sorted(info) if not k.startswith("slave"))
+        except (redis.RedisError, OSError) as exc:
+            state = f"no answer: {type(exc).__name__}: {exc}"
+        try:
+            lines = (node.workdir / "redis.log").read_text(errors="replace").splitlines()
+        except OSError as exc:
+            lines = [f"(log unreadable: {exc})"]
+        parts.append(f"--- {label} ({node.host}:{node.port}): {state}\n" + "\n".join(lines[-_LOG_LINES:]))
+    return "\n".join(parts)
 
 
 def _left(deadline: float) -> float:

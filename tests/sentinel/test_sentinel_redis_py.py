@@ -234,3 +234,31 @@ def test_bad_settings_are_refused() -> None:
         SentinelGroup(sentinels=3, quorum=4)
     with pytest.raises(ValueError, match="down_after_ms"):
         SentinelGroup(down_after_ms=10)
+
+
+def test_a_failover_during_the_rejoin_leaves_one_primary_and_one_synced_replica(
+    sentinel_group: SentinelGroup,
+) -> None:
+    # What CI met once: while the killed primary rejoined, the new one stalled for longer
+    # than down_after_ms, and the sentinels promoted the rejoining node before it synced.
+    # Paused here before the rejoin starts, so that this is what happens, every time.
+    failover = sentinel_group.kill_primary()
+    stalled = sentinel_group.primary
+    assert (stalled.host, stalled.port) == failover.new_primary
+    before = sentinel_group.unplanned_failovers
+    stalled.pause()
+    try:
+        sentinel_group.restart_old_primary()
+    finally:
+        if stalled.paused:
+            stalled.resume()
+    assert sentinel_group.unplanned_failovers == before + 1
+    assert not sentinel_group.degraded
+    # The rejoining node was promoted; the stalled one is its replica now, in sync.
+    assert sentinel_group.primary_address() == failover.old_primary
+    replica = sentinel_group.replica
+    assert replica is stalled and not replica.paused
+    with redis.Redis(host=replica.host, port=replica.port, socket_timeout=2.0) as client:
+        info = client.info("replication")
+    assert info["role"] == "slave" and info["master_link_status"] == "up"
+    assert info["master_port"] == failover.old_primary[1]
