@@ -401,7 +401,9 @@ class ConnectionFactory:
                 kwargs["tls_context"] = self.tls_context
         kwargs.update(overrides)
         pool = aioredis.BlockingConnectionPool(connection_class=with_c_packing(connection_class), **kwargs)
-        return aioredis.Redis(connection_pool=pool)
+        # from_pool: the client owns its pool, so aclose() disconnects it; a client merely
+        # handed the pool leaves its sockets open after aclose().
+        return aioredis.Redis.from_pool(pool)
 
     async def open_stream(
         self, endpoint: Endpoint | None = None

@@ -11,6 +11,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+import redis
 
 from lockless import LocklessRegistry, NodeSpec, RedisUnavailable, TlsError
 from lockless.config import RedisConfig
@@ -149,3 +150,24 @@ def test_a_write_held_by_wait_is_not_timed_out() -> None:
 
     assert timeout_of(plain) == 0.25
     assert timeout_of(waiting) == pytest.approx(0.45)
+
+
+async def test_a_closed_registry_leaves_no_connection_open(fault_server: RedisServer) -> None:
+    # A scheduler that restarts its registry (new config, tests, a reload) must not leak one
+    # socket on the server per restart: every command connection and the subscriber close.
+    admin = redis.Redis.from_url(fault_server.url, decode_responses=True)
+
+    def others() -> list[dict]:
+        return [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
+
+    assert others() == []
+    registry = LocklessRegistry(fast_config(fault_server.url, "closing"), instance="a")
+    await registry.start()
+    await registry.register_node(NodeSpec(node_id="n1", pool="p", max_jobs=2))
+    assert (await registry.job_start("p", "n1", "j1")).admitted
+    assert len(others()) >= 2  # commands and the subscriber
+    await registry.close()
+    try:
+        await eventually(lambda: others() == [], 5.0, "the server to see every registry connection closed")
+    finally:
+        admin.close()
