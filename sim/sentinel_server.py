@@ -199,7 +199,7 @@ class SentinelGroup:
             primary, replica = self._nodes["node-a"], self._nodes["node-b"]
             primary.start(timeout=_left(deadline))
             replica.start(timeout=_left(deadline))
-            self._replicate(replica, primary, deadline, name="node-b")
+            _replicate(replica, primary, deadline, name="node-b")
             for i, sentinel in enumerate(self._sentinels):
                 self._watch.write_config(sentinel, primary)
                 try:
@@ -274,7 +274,7 @@ class SentinelGroup:
                         node.start(timeout=_left(deadline))
                     except RedisServerError as exc:
                         raise SentinelError(f"{name} (old primary) did not restart: {exc}") from exc
-                moved_to = self._replicate(node, primary, deadline, name=name, kill_clients=True)
+                moved_to = _replicate(node, primary, deadline, name=name, watch=self._watch)
                 if moved_to is None:
                     break
                 self.unplanned_failovers += 1
@@ -343,54 +343,6 @@ class SentinelGroup:
                     f"sentinels do not agree on a running primary{expected}: {self._watch.describe_answers()}"
                 )
             time.sleep(_POLL_S)
-
-    def _replicate(
-        self,
-        node: RedisServer,
-        primary: RedisServer,
-        deadline: float,
-        *,
-        name: str,
-        kill_clients: bool = False,
-    ) -> Address | None:
-        """Make ``node`` a replica of ``primary``; wait for the sync.
-
-        Returns None once synced, or, when ``kill_clients`` (the group is running its
-        sentinels), the primary the sentinels agree on instead if they fail over meanwhile.
-        """
-        moved: list[Address] = []
-
-        def synced() -> bool:
-            with _admin(node) as client:
-                info = client.info("replication")
-            if info.get("role") == "slave" and info.get("master_link_status") == "up":
-                return True
-            if kill_clients:
-                answers = self._watch.ask_all()
-                agreed = answers[0] if len(set(answers)) == 1 and isinstance(answers[0], tuple) else None
-                if agreed is not None and agreed != (primary.host, primary.port):
-                    moved.append(agreed)
-                    return True
-            return False
-
-        try:
-            with _admin(node) as client, client.pipeline(transaction=True) as tx:
-                tx.replicaof(primary.host, primary.port)
-                if kill_clients:
-                    # What sentinelSendReplicaOf() sends (Redis 6.2 and Valkey alike; checked by
-                    # experiment): no client may stay on a demoted primary, reading a replica.
-                    tx.client_kill_filter(_type="normal")
-                    tx.client_kill_filter(_type="pubsub")
-                tx.execute()
-        except redis.RedisError as exc:
-            raise SentinelError(f"{name}: REPLICAOF {primary.host} {primary.port} failed: {exc}") from exc
-        _wait(
-            synced,
-            deadline,
-            f"{name} to sync from the primary at {primary.host}:{primary.port}",
-            lambda: _replication_report({name: node, "primary": primary}) + "\n" + self._watch.logs(),
-        )
-        return moved[0] if moved else None
 
     def _node_at(self, address: Address) -> tuple[str, RedisServer]:
         for name, node in self._nodes.items():
@@ -521,8 +473,57 @@ def _wait(
         time.sleep(_POLL_S)
 
 
-def _replication_report(nodes: dict[str, RedisServer]) -> str:
-    """Each data node's replication state and log tail: why a sync did not complete."""
+def _replicate(
+    node: RedisServer,
+    primary: RedisServer,
+    deadline: float,
+    *,
+    name: str,
+    watch: _Sentinels | None = None,
+) -> Address | None:
+    """Make ``node`` a replica of ``primary``; wait for the sync.
+
+    With ``watch`` (the group's sentinels run) the node's clients are killed as Sentinel
+    does, and if the sentinels agree on another primary meanwhile, that one is returned;
+    None once synced.
+    """
+    moved: list[Address] = []
+
+    def synced() -> bool:
+        with _admin(node) as client:
+            info = client.info("replication")
+        if info.get("role") == "slave" and info.get("master_link_status") == "up":
+            return True
+        if watch is not None:
+            answers = watch.ask_all()
+            agreed = answers[0] if len(set(answers)) == 1 and isinstance(answers[0], tuple) else None
+            if agreed is not None and agreed != (primary.host, primary.port):
+                moved.append(agreed)
+                return True
+        return False
+
+    try:
+        with _admin(node) as client, client.pipeline(transaction=True) as tx:
+            tx.replicaof(primary.host, primary.port)
+            if watch is not None:
+                # What sentinelSendReplicaOf() sends (Redis 6.2 and Valkey alike; checked by
+                # experiment): no client may stay on a demoted primary, reading a replica.
+                tx.client_kill_filter(_type="normal")
+                tx.client_kill_filter(_type="pubsub")
+            tx.execute()
+    except redis.RedisError as exc:
+        raise SentinelError(f"{name}: REPLICAOF {primary.host} {primary.port} failed: {exc}") from exc
+    _wait(
+        synced,
+        deadline,
+        f"{name} to sync from the primary at {primary.host}:{primary.port}",
+        lambda: _replication_report({name: node, "primary": primary}, watch),
+    )
+    return moved[0] if moved else None
+
+
+def _replication_report(nodes: dict[str, RedisServer], watch: _Sentinels | None) -> str:
+    """Each data node's replication state and log tail (and the sentinels'): why a sync did not complete."""
     parts = []
     for label, node in nodes.items():
         try:
@@ -536,6 +537,8 @@ def _replication_report(nodes: dict[str, RedisServer]) -> str:
         except OSError as exc:
             lines = [f"(log unreadable: {exc})"]
         parts.append(f"--- {label} ({node.host}:{node.port}): {state}\n" + "\n".join(lines[-_LOG_LINES:]))
+    if watch is not None:
+        parts.append(watch.logs())
     return "\n".join(parts)
 
 
