@@ -26,7 +26,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -135,6 +135,9 @@ class TlsProxy:
         """Connections accepted since start, including those whose handshake failed."""
         return self._accepted
 
+    def _record_failure(self, exc: BaseException) -> None:
+        self._failures.append(f"{type(exc).__name__}: {exc}")
+
     @property
     def handshake_failures(self) -> tuple[str, ...]:
         """One ``"<ExceptionType>: <message>"`` per failed server-side handshake, oldest first."""
@@ -217,9 +220,11 @@ class TlsProxy:
         up_writer: asyncio.StreamWriter | None = None
         try:
             try:
-                await asyncio.wait_for(tls.handshake(), self._handshake_timeout)
-            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-                self._failures.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.wait_for(tls.handshake(self._record_failure), self._handshake_timeout)
+            except ssl.SSLError:
+                return  # recorded by the session before its alert went out
+            except (OSError, TimeoutError) as exc:
+                self._record_failure(exc)
                 return
             try:
                 up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
@@ -268,8 +273,12 @@ class _TlsSession:
         # one flush at a time keeps records in order and one sock_sendall per socket.
         self._flush_lock = asyncio.Lock()
 
-    async def handshake(self) -> None:
-        """Complete the handshake; raise the ``ssl.SSLError`` (after sending its alert) if it fails."""
+    async def handshake(self, failed: Callable[[BaseException], None]) -> None:
+        """Complete the handshake; raise the ``ssl.SSLError`` (after sending its alert) if it fails.
+
+        ``failed`` is told of the error before the alert goes out: once the client can see
+        the refusal, the proxy has recorded it.
+        """
         while True:
             try:
                 self._tls.do_handshake()
@@ -279,7 +288,8 @@ class _TlsSession:
                     raise ConnectionResetError(
                         "client closed the connection during the TLS handshake"
                     ) from None
-            except ssl.SSLError:
+            except ssl.SSLError as exc:
+                failed(exc)
                 if self._refusal == "reset":
                     self._reset = True  # close() resets; the alert is never sent
                 else:
