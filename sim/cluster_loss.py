@@ -1,16 +1,9 @@
 """Cluster faults that lose acknowledged writes, built on :class:`~sim.cluster_server.LocalCluster`.
 
-Replication is asynchronous: a primary acknowledges a write before its replica has it,
-and a replica promoted before the write reached it has lost it (DESIGN.md section 8a).
-On loopback the window is a fraction of a millisecond, so a primary killed under load
-rarely loses anything; a replica that *lags* (cut off by the network, stalled by its
-disk or its CPU) is what loses writes in practice. :func:`cut_off_replica` models that
-lag exactly: the replica is frozen (SIGSTOP) and its replication connection closed, so
-every write the primary acknowledges from then on reaches no replica; killing the
-primary then (:func:`kill_and_promote`) loses precisely those writes.
-
-(Freezing the replica alone would not do: the primary's replication stream would sit in
-the frozen replica's socket buffer and be applied when it resumes.)
+A replica that lags (cut off by the network, stalled by its disk or its CPU) is what
+loses writes in a failover; :func:`cut_off_replica` models that lag on a shard with
+``sim.replica_lag.cut_off`` (the rule, shared with the Sentinel harness), and killing the
+primary then (:func:`kill_and_promote`) loses precisely the writes acknowledged meanwhile.
 
 Every function is synchronous and bounded by a timeout, like ``LocalCluster``'s; call
 them through ``asyncio.to_thread`` from a loop.
@@ -20,34 +13,24 @@ from __future__ import annotations
 
 import time
 
+from sim import replica_lag
 from sim.cluster_server import ClusterError, LocalCluster, LocalNode
 
 __all__ = ["cut_off_replica", "kill_and_promote", "replication_offsets", "wait_in_sync"]
 
-_POLL_S = 0.01
-
 
 def replication_offsets(cluster: LocalCluster, primary: LocalNode, replica: LocalNode) -> tuple[int, int]:
     """``(primary's master_repl_offset, replica's slave_repl_offset)`` from ``INFO replication``."""
-    ours = cluster.info(primary, "replication")
-    theirs = cluster.info(replica, "replication")
-    return int(ours["master_repl_offset"]), int(theirs.get("slave_repl_offset", -1))
+    return replica_lag.replication_offsets(primary.server, replica.server)
 
 
 def wait_in_sync(
     cluster: LocalCluster, primary: LocalNode, replica: LocalNode, timeout: float = 10.0
 ) -> None:
     """Wait until ``replica`` has every byte ``primary`` has sent (offsets equal)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        mine, theirs = replication_offsets(cluster, primary, replica)
-        if mine == theirs:
-            return
-        if time.monotonic() >= deadline:
-            raise ClusterError(
-                f"{replica.name} still behind {primary.name} ({theirs} < {mine}) after {timeout} s"
-            )
-        time.sleep(_POLL_S)  # poll; the deadline bounds the wait
+    replica_lag.wait_in_sync(
+        primary.server, replica.server, timeout, names=(primary.name, replica.name), error=ClusterError
+    )
 
 
 def cut_off_replica(cluster: LocalCluster, primary: LocalNode, *, timeout: float = 10.0) -> LocalNode:
@@ -60,12 +43,9 @@ def cut_off_replica(cluster: LocalCluster, primary: LocalNode, *, timeout: float
     if not replicas:
         raise ClusterError(f"cut_off_replica: {primary.name} has no live replica")
     replica = replicas[0]
-    wait_in_sync(cluster, primary, replica, timeout)
-    replica.server.pause()
-    closed = primary.command("CLIENT", "KILL", "TYPE", "replica", step="cut_off_replica")
-    if int(closed) < 1:
-        replica.server.resume()
-        raise ClusterError(f"cut_off_replica: no replication link of {primary.name} to close")
+    replica_lag.cut_off(
+        primary.server, replica.server, timeout, names=(primary.name, replica.name), error=ClusterError
+    )
     return replica
 
 

@@ -33,48 +33,29 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import psutil
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
-from lockless import KeySpace, Mode
-from sim.acks import AckLedger, LogEntry, lost_writes, parse_log_entry
+from lockless import KeySpace
+from sim.acks import AckLedger, LogEntry
 from sim.cluster_loss import cut_off_replica
 from sim.cluster_server import ClusterError, LocalCluster, LocalNode
 from sim.config import ClusterSection, FaultSpec
+from sim.failover import (
+    WINDOW_S,
+    FaultRecord,
+    count_lost,
+    instance_cells,
+    judge_phase,
+    phase_report,
+    process_cpu,
+    read_log,
+)
 from sim.recorder import Recorder
 
 __all__ = ["ClusterTarget", "FaultRecord"]
-
-#: Acknowledgements older than this before a fault are not looked up (replication lags ms).
-WINDOW_S = 10.0
-#: A fault's timings are read from the instances' mode switches up to this long after it.
-SETTLE_S = 60.0
-
-
-@dataclass(slots=True)
-class FaultRecord:
-    """One cluster fault as it happened (times on the loop's monotonic clock, wall for the log)."""
-
-    kind: str
-    pool: str
-    #: Pools whose shard was hit (every pool whose slot the node owned).
-    pools: list[str]
-    node: str
-    started_at: float
-    #: When the primary was killed / frozen / told to fail over / the move began.
-    hit_at: float = 0.0
-    hit_wall: float = 0.0
-    #: When the replica (or the slot's new owner) served the slots.
-    done_at: float = 0.0
-    acked_checked: int = 0
-    lost: int = 0
-    lost_examples: list[str] = field(default_factory=list)
-    #: instance -> {detected_after_s, recovered_after_s, relisted_as_lost}
-    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ClusterTarget:
@@ -157,11 +138,11 @@ class ClusterTarget:
 
     # ---------------------------------------------------------------- CPU
     def cpu_mark(self) -> None:
-        self._cpu = {pid: _cpu(pid) for pid in self._pids()}
+        self._cpu = {pid: process_cpu(pid) for pid in self._pids()}
 
     def cpu_seconds(self) -> float:
         """CPU used by the cluster's nodes since :meth:`cpu_mark` (nodes restarted count from 0)."""
-        return sum(max(0.0, _cpu(pid) - self._cpu.get(pid, 0.0)) for pid in self._pids())
+        return sum(max(0.0, process_cpu(pid) - self._cpu.get(pid, 0.0)) for pid in self._pids())
 
     def _pids(self) -> list[int]:
         if self.local is None:
@@ -258,11 +239,16 @@ class ClusterTarget:
         record.done_at = clock()
         # What was acknowledged before the fault (and, for a move, during it) and is gone now.
         end_wall = time.time() if fault.kind == "move_slot" else record.hit_wall
-        acks = self.ledger.window(pools, record.hit_wall - WINDOW_S - fault.lose_writes_s, end_wall)
         self._renew_admin()  # the slots moved: read the logs where they are now
-        lost = await asyncio.to_thread(lost_writes, acks, self._log_at, end_wall)
-        record.acked_checked, record.lost = len(acks), len(lost)
-        record.lost_examples = [f"{a.pool} seq {a.seq} {a.op} {a.node_id}" for a in lost[:5]]
+        await asyncio.to_thread(
+            count_lost,
+            record,
+            self.ledger,
+            self._log_at,
+            since_wall=record.hit_wall - WINDOW_S - fault.lose_writes_s,
+            until_wall=end_wall,
+            recorders=recorders,
+        )
         self.records.append(record)
         for rec in recorders:
             rec.event(
@@ -271,8 +257,6 @@ class ClusterTarget:
                 f"{fault.kind} {fault.pool}: took {record.done_at - record.hit_at:.2f} s; "
                 f"{record.lost} of {record.acked_checked} acknowledged writes lost",
             )
-            rec.count("lost_acked_writes", record.lost)
-            rec.count("acked_writes_checked", record.acked_checked)
 
     def _wait_new_owner(
         self, slot: int, old: LocalNode, *, timeout: float = 30.0, ask_again: Callable[[], None] | None = None
@@ -316,69 +300,13 @@ class ClusterTarget:
 
     def _log_at(self, pool: str, seqs: Sequence[int]) -> dict[int, LogEntry | None]:
         """The pool log's entry at each seq, read from the slot's owner now."""
-        admin, key = self.admin(), self.keys.log(pool)
-        out: dict[int, LogEntry | None] = {}
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            pipe = admin.pipeline()
-            for seq in chunk:
-                pipe.xrange(key, f"{seq}-0", f"{seq}-0")
-            for seq, entries in zip(chunk, pipe.execute(), strict=True):
-                out[seq] = parse_log_entry(entries[0][1]) if entries else None
-        return out
+        return read_log(self.admin(), self.keys.log(pool), seqs)
 
     async def end_phase(self, registries: dict[int, Any], rec: Recorder) -> dict[str, Any]:
         """Per fault and instance: detection and recovery times, and whether lost data was relisted."""
-        switches = {}
-        relisted_lost = {}
-        for k, reg in registries.items():
-            switches[k] = list(reg.mode_switches())
-            fetch = getattr(reg, "fetch_metrics", None)
-            counters = (await fetch())[1] if fetch is not None else reg.metrics().counters
-            relisted_lost[k] = int(counters.get("epoch_changes", 0))
-        lossy = 0
-        for record in self.records:
-            hit = set(record.pools)
-            lossy += bool(record.lost)
-            for k, seen in switches.items():
-                mine = [s for s in seen if set(s.pools) & hit and s.at >= record.started_at - 0.001]
-                first = next((s for s in mine if s.from_mode is Mode.NORMAL), None)
-                # Back to NORMAL: the last switch to NORMAL of the shard's pools after the first
-                # switch away (each pool recovers on its own; the shard is back with the last).
-                backs = [
-                    s for s in mine if first is not None and s.at >= first.at and s.to_mode is Mode.NORMAL
-                ]
-                back = backs[-1] if backs and mine[-1].to_mode is Mode.NORMAL else None
-                record.instances[str(k)] = {
-                    "detected_after_s": None if first is None else round(first.at - record.hit_at, 3),
-                    "recovered_after_s": None if back is None else round(back.at - record.hit_at, 3),
-                    "switches": len(mine),
-                }
-        # Every instance must have relisted as lost data at least once per fault that lost writes.
-        for k, n in relisted_lost.items():
-            if n < lossy:
-                rec.violation(
-                    rec.t0,
-                    "loss_undetected",
-                    f"instance {k} relisted lost data {n} times; {lossy} failovers lost acknowledged writes",
-                )
-        self.report = {
-            "faults": [asdict(r) for r in self.records],
-            "lost_acked_writes": sum(r.lost for r in self.records),
-            "acked_writes_checked": sum(r.acked_checked for r in self.records),
-            "acked_writes_total": self.ledger.count(),
-            "acked_writes_unchecked": self.ledger.unchecked,
-            "instances_relisted_lost": {str(k): n for k, n in relisted_lost.items()},
-            "wait_replicas": None,
-        }
+        relisted_lost = await judge_phase(self.records, registries, rec)
+        self.report = {**phase_report(self.records, self.ledger, relisted_lost), "wait_replicas": None}
         return self.report
-
-
-def _cpu(pid: int) -> float:
-    with contextlib.suppress(psutil.Error):
-        t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
-    return 0.0
 
 
 def report_lines(archs: dict[str, Any]) -> list[str]:
@@ -403,10 +331,7 @@ def report_lines(archs: dict[str, Any]) -> list[str]:
         ]
         for f in c["faults"]:
             took = f["done_at"] - f["hit_at"]
-            per = "; ".join(
-                f"{k}: {v['detected_after_s']} / {v['recovered_after_s']}"
-                for k, v in sorted(f["instances"].items())
-            )
+            per = instance_cells(f)
             lines.append(
                 f"| {f['kind']} | {f['pool']} ({', '.join(f['pools'])}) | {took:.2f} | {f['acked_checked']} "
                 f"| {f['lost']} | {per} |"
