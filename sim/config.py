@@ -11,6 +11,7 @@ e.g. ``jobs.duration: got 'normal'; allowed: exponential | fixed | lognormal``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import tomllib
 import typing
@@ -36,7 +37,10 @@ SERVER_FAULTS = ("stop", "restart_empty", "pause", "kill_pubsub")
 LINK_FAULTS = ("latency", "blackhole", "cut", "refuse")
 #: Faults on a local cluster's shards (``[cluster]``; sim/cluster_target.py), each on one pool's shard.
 CLUSTER_FAULTS = ("kill_primary", "pause_primary", "failover", "move_slot")
-FAULT_KINDS = SERVER_FAULTS + LINK_FAULTS + CLUSTER_FAULTS
+#: Faults on a local Sentinel group's primary (``[sentinel]``; sim/sentinel_target.py): SIGKILL or
+#: SIGSTOP it, the sentinels promote the replica, and after ``duration_s`` it rejoins as a replica.
+SENTINEL_FAULTS = ("sentinel_kill_primary", "sentinel_pause_primary")
+FAULT_KINDS = SERVER_FAULTS + LINK_FAULTS + CLUSTER_FAULTS + SENTINEL_FAULTS
 #: Faults that happen at one instant; the others last ``duration_s``.
 INSTANT_FAULTS = ("restart_empty", "kill_pubsub", "cut", "failover", "move_slot")
 
@@ -301,23 +305,27 @@ class FaultSpec:
 
     kind: str
     """stop | restart_empty | pause | kill_pubsub (server); latency | blackhole | cut | refuse (link);
-    kill_primary | pause_primary | failover | move_slot (a cluster's shard, see ``pool``)."""
+    kill_primary | pause_primary | failover | move_slot (a cluster's shard, see ``pool``);
+    sentinel_kill_primary | sentinel_pause_primary (the primary of a Sentinel group, ``[sentinel]``)."""
     at_s: float
     """Simulated time the fault starts."""
     duration_s: float = 0.0
     """How long it lasts (0 and ignored for the instant faults restart_empty, kill_pubsub, cut,
     failover, move_slot). kill_primary: how long the killed node stays down before it is started
-    again (it rejoins as a replica); pause_primary: how long the primary is frozen."""
+    again (it rejoins as a replica); pause_primary: how long the primary is frozen.
+    sentinel_kill_primary / sentinel_pause_primary: from ``at_s`` until the old primary is brought
+    back (restarted empty, or resumed) as a replica of the new one; never before the sentinels
+    have promoted the replica, however short."""
     delay_ms: float = 0.0
     """Added one-way delay, for ``latency``."""
     pool: str = ""
     """Cluster faults: the pool whose shard is hit (the primary owning its slot; move_slot moves
     that slot to the next primary). Empty for the other kinds."""
     lose_writes_s: float = 0.0
-    """kill_primary: for this long before the kill the primary's replica is cut off (frozen, its
-    replication link closed: a lagging replica), so the writes acknowledged meanwhile are lost
-    when it takes over. 0: the primary is killed with its replica in step (loses only what was
-    in flight). The kill happens at ``at_s + lose_writes_s``."""
+    """kill_primary, sentinel_kill_primary: for this long before the kill the primary's replica
+    is cut off (frozen, its replication link closed: a lagging replica), so the writes
+    acknowledged meanwhile are lost when it takes over. 0: the primary is killed with its
+    replica in step (loses only what was in flight). The kill happens at ``at_s + lose_writes_s``."""
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -338,7 +346,7 @@ class FaultSpec:
                 "faults.pool", self.pool, f'"" (only cluster faults name a pool, not {self.kind})'
             )
         _num("faults.lose_writes_s", self.lose_writes_s)
-        if self.lose_writes_s and self.kind != "kill_primary":
+        if self.lose_writes_s and self.kind not in ("kill_primary", "sentinel_kill_primary"):
             raise ConfigError("faults.lose_writes_s", self.lose_writes_s, f"0 for a {self.kind} fault")
 
     @property
@@ -348,6 +356,10 @@ class FaultSpec:
     @property
     def on_cluster(self) -> bool:
         return self.kind in CLUSTER_FAULTS
+
+    @property
+    def on_sentinel(self) -> bool:
+        return self.kind in SENTINEL_FAULTS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -371,6 +383,41 @@ class ClusterSection:
         _int("cluster.primaries", self.primaries, 1)
         _int("cluster.replicas_per_primary", self.replicas_per_primary, 0)
         _int("cluster.node_timeout_ms", self.node_timeout_ms, 100)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SentinelSection:
+    """Run against a primary and a replica under Redis Sentinel instead of one server
+    (sim/sentinel_target.py; the library's ``redis+sentinel://`` URLs)."""
+
+    enabled: bool = False
+    """True: the harness starts a :class:`~sim.sentinel_server.SentinelGroup` (a primary, a replica
+    and ``sentinels`` sentinels) of the server ``LOCKLESS_SERVER`` names, and every client of the
+    run (the registries, the harness's heartbeat writer and checker) finds the primary through
+    the sentinels."""
+    sentinels: int = 3
+    """Sentinel processes (at least 1)."""
+    quorum: int = 2
+    """Sentinels that must agree the primary is down before a failover (1 to ``sentinels``)."""
+    down_after_ms: int = 1000
+    """``down-after-milliseconds``: a primary silent this long is subjectively down; a failover
+    takes about 2-3x it."""
+    failover_timeout_ms: int = 2000
+    """``failover-timeout``: a sentinel that voted for a failover of this primary starts none for
+    twice this long (Sentinel's default, 180000, would stall the next fault of a run)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("sentinel.enabled", self.enabled, "true | false")
+        _int("sentinel.sentinels", self.sentinels, 1)
+        if (
+            not isinstance(self.quorum, int)
+            or isinstance(self.quorum, bool)
+            or not 1 <= self.quorum <= self.sentinels
+        ):
+            raise ConfigError("sentinel.quorum", self.quorum, f"an integer 1..sentinels ({self.sentinels})")
+        _int("sentinel.down_after_ms", self.down_after_ms, 100)
+        _int("sentinel.failover_timeout_ms", self.failover_timeout_ms, 1000)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -465,6 +512,7 @@ class ExperimentConfig:
     schedulers: SchedulersSection = field(default_factory=SchedulersSection)
     faults: tuple[FaultSpec, ...] = ()
     cluster: ClusterSection = field(default_factory=ClusterSection)
+    sentinel: SentinelSection = field(default_factory=SentinelSection)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     """The library's configuration; ``pools`` comes from ``nodes.pools``, URL and namespace from the run."""
     baselines: BaselineOptions = field(default_factory=BaselineOptions)
@@ -513,6 +561,7 @@ class ExperimentConfig:
         if set(self.registry.pools) != set(self.nodes.pools):
             object.__setattr__(self, "registry", dataclasses.replace(self.registry, pools=self.nodes.pools))
         self._check_cluster()
+        self._check_sentinel()
 
     def _check_cluster(self) -> None:
         """Cluster faults need [cluster]; a cluster takes no single-server or link fault."""
@@ -536,6 +585,52 @@ class ExperimentConfig:
             if fault.kind != "move_slot" and fault.on_cluster and self.cluster.replicas_per_primary < 1:
                 raise ConfigError(
                     "cluster.replicas_per_primary", 0, f">= 1 for a {fault.kind} fault (a replica takes over)"
+                )
+
+    def _check_sentinel(self) -> None:
+        """Sentinel faults need [sentinel]; a Sentinel group takes no other fault, and no [cluster]."""
+        sentinel = self.sentinel
+        if sentinel.enabled and self.cluster.enabled:
+            raise ConfigError(
+                "sentinel.enabled", True, "false with [cluster] enabled (one deployment per run)"
+            )
+        if sentinel.enabled and self.harness.workers > 1:
+            raise ConfigError("harness.workers", self.harness.workers, "1 with [sentinel] enabled")
+        if sentinel.enabled and set(self.experiment.architectures) != {"lockless"}:
+            # Only the library follows a failover; the baselines' clients stay on the old primary.
+            raise ConfigError(
+                "experiment.architectures",
+                list(self.experiment.architectures),
+                '["lockless"] with [sentinel] enabled',
+            )
+        for fault in self.faults:
+            if fault.on_sentinel and not sentinel.enabled:
+                raise ConfigError(
+                    "faults.kind", fault.kind, "a Sentinel fault needs [sentinel] enabled = true"
+                )
+            if sentinel.enabled and not fault.on_sentinel:
+                raise ConfigError(
+                    "faults.kind", fault.kind, "with [sentinel]: " + " | ".join(SENTINEL_FAULTS)
+                )
+            if fault.on_sentinel and fault.lose_writes_s * 1000 >= sentinel.down_after_ms:
+                # Sentinel promotes no replica it has seen down: one frozen that long stalls the failover.
+                raise ConfigError(
+                    "faults.lose_writes_s",
+                    fault.lose_writes_s,
+                    f"a number < sentinel.down_after_ms / 1000 ({sentinel.down_after_ms / 1000:g} s): "
+                    "the sentinels mark a replica silent that long down and promote none",
+                )
+        # One failover at a time: the group has one replica, which the old primary becomes again
+        # only at the fault's end (a fault before that finds nothing to promote).
+        ordered = [f for f in self.faults if f.on_sentinel]
+        for before, after in itertools.pairwise(ordered):
+            free_at = before.at_s + before.duration_s
+            if after.at_s <= free_at:
+                raise ConfigError(
+                    "faults.at_s",
+                    after.at_s,
+                    f"a time after the previous Sentinel fault has ended (> {free_at:g}, its at_s + "
+                    "duration_s: the old primary must be back as the replica first)",
                 )
 
     @property
@@ -595,6 +690,7 @@ _SECTIONS: dict[str, type] = {
     "sweep": SweepSection,
     "contention": ContentionSection,
     "cluster": ClusterSection,
+    "sentinel": SentinelSection,
 }
 
 

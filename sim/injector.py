@@ -4,7 +4,9 @@ Server faults (stop, restart_empty, pause, kill_pubsub) act on the :class:`Redis
 the harness started; link faults (latency, blackhole, cut, refuse) on the
 :class:`FaultProxy` that registries connect through; cluster faults (kill_primary,
 pause_primary, failover, move_slot) on the :class:`~sim.cluster_target.ClusterTarget`,
-which also records what each cost (``sim/cluster_target.py``). The blocking calls (a stop waits
+which also records what each cost (``sim/cluster_target.py``), and Sentinel faults
+(sentinel_kill_primary, sentinel_pause_primary) on the
+:class:`~sim.sentinel_target.SentinelTarget` likewise. The blocking calls (a stop waits
 for the process to exit, a restart for the new one to answer PING) run in
 ``asyncio.to_thread`` so the loop, and with it every measured operation, keeps going.
 """
@@ -21,6 +23,7 @@ from sim.model.plan import Kind, Op
 from sim.proxy import FaultProxy
 from sim.recorder import Recorder
 from sim.redis_server import RedisServer
+from sim.sentinel_target import SentinelTarget
 
 
 class FaultInjector:
@@ -30,7 +33,7 @@ class FaultInjector:
         self,
         faults: Sequence[FaultSpec],
         *,
-        server: RedisServer | ClusterTarget | None,
+        server: RedisServer | ClusterTarget | SentinelTarget | None,
         proxy: FaultProxy | None,
         recorders: Sequence[Recorder],
         clock,  # () -> loop time; the bridge's, so faults share the operations' timeline
@@ -56,7 +59,7 @@ class FaultInjector:
     async def __call__(self, op: Op, intended: float) -> None:
         fault = self.faults[op.idx]
         starting = op.kind is Kind.FAULT_START
-        if isinstance(self.server, ClusterTarget):
+        if isinstance(self.server, ClusterTarget | SentinelTarget):
             await self.server.apply(fault, starting, op.idx, self.recorders, self.clock)
             return
         began = self.clock()

@@ -140,6 +140,8 @@ def write_run(outcome: RunOutcome, out_root: Path, *, now: dt.datetime | None = 
             data["commands"] = outcome.phases[arch]["commands"]
         if "cluster" in outcome.phases.get(arch, {}):  # faults, lost writes (sim/cluster_target.py)
             data["cluster"] = outcome.phases[arch]["cluster"]
+        if "sentinel" in outcome.phases.get(arch, {}):  # failovers, lost writes (sim/sentinel_target.py)
+            data["sentinel"] = outcome.phases[arch]["sentinel"]
     summary = {
         "experiment": config.experiment.name,
         "description": config.experiment.description,
@@ -373,9 +375,10 @@ def report_md(summary: dict[str, Any]) -> str:
         )
         for v in a["violation_examples"][:5]:
             lines.append(f"  - t={v['t']:.3f} s {v['kind']}: {v['detail']}")
-    from sim.cluster_target import report_lines
+    from sim import cluster_target, sentinel_target
 
-    lines += report_lines(summary["architectures"])
+    lines += cluster_target.report_lines(summary["architectures"])
+    lines += sentinel_target.report_lines(summary["architectures"])
     lines += [
         "",
         "Files: percentiles.csv, timeline.csv, throughput.csv, histograms/, latency_percentiles.png, "

@@ -73,6 +73,7 @@ from sim.proxy import FaultProxy
 from sim.recorder import Recorder
 from sim.redis_server import RedisServer
 from sim.remote import SchedulerProcesses
+from sim.sentinel_target import SentinelTarget
 
 #: Progress callback: (architecture, elapsed simulated s, duration s, ops sent, lag P99 ms).
 Progress = Callable[[str, float, float, int, float], None]
@@ -144,7 +145,7 @@ async def shard_phase(
     *,
     shard: int = 0,
     shards: int = 1,
-    server: RedisServer | ClusterTarget | None = None,
+    server: RedisServer | ClusterTarget | SentinelTarget | None = None,
     proxy: FaultProxy | None = None,
     start_wall: float | None = None,
     progress: Progress | None = None,
@@ -172,7 +173,8 @@ async def shard_phase(
         )
     monitors: list[asyncio.Task[Any]] = []
     rec: Recorder | None = None
-    cluster = server if isinstance(server, ClusterTarget) else None
+    # A deployment that fails over (a cluster, a Sentinel group): writes acknowledged are recorded.
+    cluster = server if isinstance(server, ClusterTarget | SentinelTarget) else None
     try:
         if harness.scheduler_processes:
             # The system under test in processes of its own: see sim/remote.py.
@@ -509,6 +511,8 @@ async def run_async(
     outcome = RunOutcome(config=config)
     if config.cluster.enabled:
         return await _run_on_cluster(config, outcome, redis_url=redis_url, progress=progress)
+    if config.sentinel.enabled:
+        return await _run_on_sentinel(config, outcome, redis_url=redis_url, progress=progress)
     proxy: FaultProxy | None = None
     owns_server = server is None and redis_url is None
     if owns_server:
@@ -610,6 +614,38 @@ async def _run_on_cluster(
         outcome.machine["loadavg_end"] = _loadavg()
     finally:
         await asyncio.to_thread(cluster.cleanup)
+    return outcome
+
+
+async def _run_on_sentinel(
+    config: ExperimentConfig, outcome: RunOutcome, *, redis_url: str | None, progress: Progress | None
+) -> RunOutcome:
+    """:func:`run_async` on a local Sentinel group (``sim.sentinel_target``), which it starts."""
+    if redis_url is not None:
+        raise ConfigError(
+            "--redis-url", redis_url, "none with [sentinel] (the harness starts and fails over its own group)"
+        )
+    target = SentinelTarget(config.sentinel)
+    await asyncio.to_thread(target.start)
+    try:
+        outcome.machine["redis_version"] = (
+            f"{target.version} (primary + replica, {config.sentinel.sentinels} sentinels)"
+        )
+        outcome.machine["loadavg_start"] = _loadavg()
+        token = uuid.uuid4().hex[:6]
+        for arch in config.experiment.architectures:
+            phase_config = config.for_architecture(arch)
+            outcome.phases.setdefault(arch, {})["workload"] = workload(phase_config)
+            namespace = f"sim-{config.experiment.name}-{arch}-{token}"
+            where = Target(registry_url=target.url, checker_url=target.url, namespace=namespace)
+            outcome.recorders[arch] = await shard_phase(
+                phase_config, arch, where, server=target, progress=progress
+            )
+            outcome.phases[arch]["sentinel"] = target.report
+            await asyncio.to_thread(target.reset, namespace)
+        outcome.machine["loadavg_end"] = _loadavg()
+    finally:
+        await asyncio.to_thread(target.cleanup)
     return outcome
 
 

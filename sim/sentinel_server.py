@@ -47,6 +47,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sim import replica_lag
 from sim.redis_server import _NO_SETINFO, RedisServer, RedisServerError, ServerBinary, ServerKind, find_server
 
 __all__ = ["Failover", "SentinelError", "SentinelGroup"]
@@ -131,6 +132,7 @@ class SentinelGroup:
         self._watch = _Sentinels(self, sentinels)
         self._sentinels = self._watch.processes
         self._demoted: str | None = None  # the node the last failover took the primary role from
+        self._cut: RedisServer | None = None  # a replica cut_off_replica() froze, until the next kill
         #: Failovers the sentinels made on their own while restart_old_primary() rejoined a node.
         self.unplanned_failovers = 0
         self._lock = threading.RLock()
@@ -232,8 +234,26 @@ class SentinelGroup:
     # -- faults -----------------------------------------------------------------------------------
 
     def kill_primary(self, timeout: float = 30.0) -> Failover:
-        """SIGKILL the primary; return once the sentinels have promoted the replica."""
+        """SIGKILL the primary; return once the sentinels have promoted the replica.
+
+        A replica cut off by :meth:`cut_off_replica` is resumed right after the kill, so it is
+        promoted without the writes the primary acknowledged meanwhile."""
         return self._fail_over("kill", lambda node: node.kill(), timeout)
+
+    def cut_off_replica(self, timeout: float = 10.0) -> None:
+        """Freeze the replica once it is in sync and close its replication link (``sim.replica_lag``).
+
+        The primary's writes from then on reach no replica: a lagging replica. The next
+        :meth:`kill_primary` lets it go right after the kill. Keep the cut shorter than
+        ``down_after_ms``: the sentinels promote no replica they have seen down."""
+        with self._lock:
+            if self._demoted is not None or self._cut is not None:
+                raise SentinelError("cut_off_replica: the group has no replica in step to cut off")
+            primary, replica = self.primary, self.replica
+            replica_lag.cut_off(
+                primary, replica, timeout, names=("the primary", "the replica"), error=SentinelError
+            )
+            self._cut = replica
 
     def pause_primary(self, timeout: float = 30.0) -> Failover:
         """SIGSTOP the primary (connections stay open, unanswered); return once the replica is promoted."""
@@ -306,6 +326,9 @@ class SentinelGroup:
             started = time.monotonic()
             inject(node)
             self._demoted = name
+            if self._cut is not None:  # the lagging replica finds its primary gone
+                self._cut.resume()
+                self._cut = None
             first_s: float | None = None
             while True:
                 answers = self._watch.ask_all()
