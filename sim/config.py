@@ -560,8 +560,8 @@ class ExperimentConfig:
             )
         if set(self.registry.pools) != set(self.nodes.pools):
             object.__setattr__(self, "registry", dataclasses.replace(self.registry, pools=self.nodes.pools))
+        self._check_sentinel()  # first: it names a [cluster] beside [sentinel] as the mistake
         self._check_cluster()
-        self._check_sentinel()
 
     def _check_cluster(self) -> None:
         """Cluster faults need [cluster]; a cluster takes no single-server or link fault."""
