@@ -45,12 +45,13 @@ from sim.cluster_server import ClusterError, LocalCluster, LocalNode
 from sim.config import ClusterSection, FaultSpec
 from sim.failover import (
     WINDOW_S,
+    CpuMeter,
     FaultRecord,
+    PhaseFaults,
     count_lost,
     instance_cells,
     judge_phase,
     phase_report,
-    process_cpu,
     read_log,
 )
 from sim.recorder import Recorder
@@ -73,13 +74,13 @@ class ClusterTarget:
         self._url = url
         self._admin: RedisCluster | None = None
         self._down: dict[int, LocalNode] = {}
-        self._cpu: dict[int, float] = {}
-        # Per phase (begin_phase): where keys are, what was acknowledged, what happened.
-        self.keys = KeySpace("lockless")
-        self.pools: tuple[str, ...] = ()
-        self.ledger = AckLedger()
-        self.records: list[FaultRecord] = []
-        self.report: dict[str, Any] = {}
+        self.cpu = CpuMeter(self._pids)
+        self.phase = PhaseFaults()  # renewed by begin_phase
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The last phase's summary of its faults (set by :meth:`end_phase`)."""
+        return self.phase.report
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
@@ -138,11 +139,11 @@ class ClusterTarget:
 
     # ---------------------------------------------------------------- CPU
     def cpu_mark(self) -> None:
-        self._cpu = {pid: process_cpu(pid) for pid in self._pids()}
+        self.cpu.mark()
 
     def cpu_seconds(self) -> float:
         """CPU used by the cluster's nodes since :meth:`cpu_mark` (nodes restarted count from 0)."""
-        return sum(max(0.0, process_cpu(pid) - self._cpu.get(pid, 0.0)) for pid in self._pids())
+        return self.cpu.seconds()
 
     def _pids(self) -> list[int]:
         if self.local is None:
@@ -152,12 +153,8 @@ class ClusterTarget:
     # -------------------------------------------------------------- phases
     def begin_phase(self, namespace: str, pools: Sequence[str]) -> AckLedger:
         """A new phase on ``namespace``: a fresh ledger (returned, for the registries' wrappers)."""
-        self.keys = KeySpace(namespace)
-        self.pools = tuple(pools)
-        self.ledger = AckLedger()
-        self.records = []
-        self.report = {}
-        return self.ledger
+        self.phase = PhaseFaults(keys=KeySpace(namespace), pools=tuple(pools))
+        return self.phase.ledger
 
     async def apply(
         self,
@@ -243,13 +240,13 @@ class ClusterTarget:
         await asyncio.to_thread(
             count_lost,
             record,
-            self.ledger,
+            self.phase.ledger,
             self._log_at,
             since_wall=record.hit_wall - WINDOW_S - fault.lose_writes_s,
             until_wall=end_wall,
             recorders=recorders,
         )
-        self.records.append(record)
+        self.phase.records.append(record)
         for rec in recorders:
             rec.event(
                 record.done_at,
@@ -296,17 +293,17 @@ class ClusterTarget:
 
     def _pools_of(self, owner: LocalNode) -> list[str]:
         assert self.local is not None
-        return [p for p in self.pools if self.local.primary_for_key("{" + p + "}") is owner]
+        return [p for p in self.phase.pools if self.local.primary_for_key("{" + p + "}") is owner]
 
     def _log_at(self, pool: str, seqs: Sequence[int]) -> dict[int, LogEntry | None]:
         """The pool log's entry at each seq, read from the slot's owner now."""
-        return read_log(self.admin(), self.keys.log(pool), seqs)
+        return read_log(self.admin(), self.phase.keys.log(pool), seqs)
 
     async def end_phase(self, registries: dict[int, Any], rec: Recorder) -> dict[str, Any]:
         """Per fault and instance: detection and recovery times, and whether lost data was relisted."""
-        relisted_lost = await judge_phase(self.records, registries, rec)
-        self.report = {**phase_report(self.records, self.ledger, relisted_lost), "wait_replicas": None}
-        return self.report
+        relisted_lost = await judge_phase(self.phase.records, registries, rec)
+        self.phase.report = {**phase_report(self.phase, relisted_lost), "wait_replicas": None}
+        return self.phase.report
 
 
 def report_lines(archs: dict[str, Any]) -> list[str]:

@@ -27,19 +27,20 @@ from typing import Any
 
 import psutil
 
-from lockless import Mode
+from lockless import KeySpace, Mode
 from sim.acks import AckLedger, LogEntry, lost_writes, parse_log_entry
 from sim.recorder import Recorder
 
 __all__ = [
     "SETTLE_S",
     "WINDOW_S",
+    "CpuMeter",
     "FaultRecord",
+    "PhaseFaults",
     "count_lost",
     "instance_cells",
     "judge_phase",
     "phase_report",
-    "process_cpu",
     "read_log",
 ]
 
@@ -75,6 +76,33 @@ class FaultRecord:
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Facts of the deployment's own failover (Sentinel: when the sentinels named the new primary).
     promotion: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PhaseFaults:
+    """One phase's faults: where its keys are, what was acknowledged, what happened, the summary."""
+
+    keys: KeySpace = field(default_factory=lambda: KeySpace("lockless"))
+    pools: tuple[str, ...] = ()
+    #: Every write acknowledged in the phase (the registries' and the heartbeat writer's wrappers fill it).
+    ledger: AckLedger = field(default_factory=AckLedger)
+    records: list[FaultRecord] = field(default_factory=list)
+    #: The phase's summary (``end_phase``), for ``summary.json``.
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class CpuMeter:
+    """CPU seconds a deployment's server processes used since :meth:`mark` (a restarted one counts from 0)."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self._pids = pids
+        self._marked: dict[int, float] = {}
+
+    def mark(self) -> None:
+        self._marked = {pid: _process_cpu(pid) for pid in self._pids()}
+
+    def seconds(self) -> float:
+        return sum(max(0.0, _process_cpu(pid) - self._marked.get(pid, 0.0)) for pid in self._pids())
 
 
 def count_lost(
@@ -163,10 +191,9 @@ async def judge_phase(
     return relisted_lost
 
 
-def phase_report(
-    records: Sequence[FaultRecord], ledger: AckLedger, relisted_lost: Mapping[int, int]
-) -> dict[str, Any]:
+def phase_report(phase: PhaseFaults, relisted_lost: Mapping[int, int]) -> dict[str, Any]:
     """The phase's summary of its faults (``summary.json``: ``cluster`` or ``sentinel``)."""
+    records, ledger = phase.records, phase.ledger
     return {
         "faults": [asdict(r) for r in records],
         "lost_acked_writes": sum(r.lost for r in records),
@@ -185,7 +212,7 @@ def instance_cells(fault: Mapping[str, Any]) -> str:
     )
 
 
-def process_cpu(pid: int) -> float:
+def _process_cpu(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (0 if it is gone)."""
     with contextlib.suppress(psutil.Error):
         t = psutil.Process(pid).cpu_times()

@@ -45,12 +45,13 @@ from sim.acks import AckLedger, LogEntry
 from sim.config import FaultSpec, SentinelSection
 from sim.failover import (
     WINDOW_S,
+    CpuMeter,
     FaultRecord,
+    PhaseFaults,
     count_lost,
     instance_cells,
     judge_phase,
     phase_report,
-    process_cpu,
     read_log,
 )
 from sim.recorder import Recorder
@@ -70,15 +71,15 @@ class SentinelTarget:
             down_after_ms=section.down_after_ms,
             failover_timeout_ms=section.failover_timeout_ms,
         )
-        self._cpu: dict[int, float] = {}
+        self.cpu = CpuMeter(self._pids)
         # A fault's end waits for its start (the failover) to be over: the plan spawns both.
         self._started: dict[int, asyncio.Event] = {}
-        # Per phase (begin_phase): where keys are, what was acknowledged, what happened.
-        self.keys = KeySpace("lockless")
-        self.pools: tuple[str, ...] = ()
-        self.ledger = AckLedger()
-        self.records: list[FaultRecord] = []
-        self.report: dict[str, Any] = {}
+        self.phase = PhaseFaults()  # renewed by begin_phase
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The last phase's summary of its faults (set by :meth:`end_phase`)."""
+        return self.phase.report
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
@@ -113,22 +114,18 @@ class SentinelTarget:
         return [n.pid for n in nodes if n.pid]
 
     def cpu_mark(self) -> None:
-        self._cpu = {pid: process_cpu(pid) for pid in self._pids()}
+        self.cpu.mark()
 
     def cpu_seconds(self) -> float:
         """CPU used by the data nodes since :meth:`cpu_mark` (a node restarted counts from 0)."""
-        return sum(max(0.0, process_cpu(pid) - self._cpu.get(pid, 0.0)) for pid in self._pids())
+        return self.cpu.seconds()
 
     # -------------------------------------------------------------- phases
     def begin_phase(self, namespace: str, pools: Sequence[str]) -> AckLedger:
         """A new phase on ``namespace``: a fresh ledger (returned, for the registries' wrappers)."""
-        self.keys = KeySpace(namespace)
-        self.pools = tuple(pools)
-        self.ledger = AckLedger()
-        self.records = []
-        self.report = {}
+        self.phase = PhaseFaults(keys=KeySpace(namespace), pools=tuple(pools))
         self._started = {}
-        return self.ledger
+        return self.phase.ledger
 
     async def apply(
         self,
@@ -163,7 +160,7 @@ class SentinelTarget:
     ) -> None:
         group = self.group
         old = await asyncio.to_thread(group.primary_address)
-        record = FaultRecord(fault.kind, "*", list(self.pools), _name(old), started_at=clock())
+        record = FaultRecord(fault.kind, "*", list(self.phase.pools), _name(old), started_at=clock())
         for rec in recorders:
             rec.event(record.started_at, "fault_start", f"{fault.kind} (primary {_name(old)})")
         if fault.lose_writes_s > 0:
@@ -190,7 +187,7 @@ class SentinelTarget:
             await asyncio.to_thread(
                 count_lost,
                 record,
-                self.ledger,
+                self.phase.ledger,
                 lambda pool, seqs: self._log_at(client, pool, seqs),
                 since_wall=record.hit_wall - WINDOW_S - fault.lose_writes_s,
                 until_wall=done_wall,
@@ -198,7 +195,7 @@ class SentinelTarget:
             )
         finally:
             client.close()
-        self.records.append(record)
+        self.phase.records.append(record)
         for rec in recorders:
             rec.event(
                 record.done_at,
@@ -208,13 +205,14 @@ class SentinelTarget:
             )
 
     def _log_at(self, client: redis.Redis, pool: str, seqs: Sequence[int]) -> dict[int, LogEntry | None]:
-        return read_log(client, self.keys.log(pool), seqs)
+        return read_log(client, self.phase.keys.log(pool), seqs)
 
     async def end_phase(self, registries: dict[int, Any], rec: Recorder) -> dict[str, Any]:
         """Per fault and instance: detection, recovery and follow times; lost data relisted."""
-        relisted_lost = await judge_phase(self.records, registries, rec)
+        records = self.phase.records
+        relisted_lost = await judge_phase(records, registries, rec)
         follows: list[float] = []
-        for record in self.records:
+        for record in records:
             promoted = record.promotion.get("first_sentinel_s")
             for timing in record.instances.values():
                 back = timing["recovered_after_s"]
@@ -222,25 +220,25 @@ class SentinelTarget:
                 timing["followed_after_promotion_s"] = after
                 if after is not None:
                     follows.append(after)
-        self.report = {
-            **phase_report(self.records, self.ledger, relisted_lost),
+        self.phase.report = {
+            **phase_report(self.phase, relisted_lost),
             "followed_after_promotion_s": _spread(follows),
             "recovered_after_fault_s": _spread(
                 [
                     t["recovered_after_s"]
-                    for r in self.records
+                    for r in records
                     for t in r.instances.values()
                     if t["recovered_after_s"] is not None
                 ]
             ),
-            "promotion_s": _spread([r.promotion["first_sentinel_s"] for r in self.records if r.promotion]),
+            "promotion_s": _spread([r.promotion["first_sentinel_s"] for r in records if r.promotion]),
             "unrecovered": sum(
-                1 for r in self.records for t in r.instances.values() if t["recovered_after_s"] is None
+                1 for r in records for t in r.instances.values() if t["recovered_after_s"] is None
             ),
             "unplanned_failovers": self.group.unplanned_failovers,
             "down_after_ms": self.section.down_after_ms,
         }
-        return self.report
+        return self.phase.report
 
 
 def _spread(values: Sequence[float]) -> dict[str, Any]:
