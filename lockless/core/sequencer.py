@@ -46,6 +46,14 @@ the mark as the term):
 
 A diverged pool counts as lost data until it is relisted: its records are installed as
 they are (versions may go back), as after an epoch change.
+
+Any loss, once judged, holds until the relist (:meth:`PoolSequencer.synced`): a seq below
+``high_water`` is true only until new writes carry Redis's seq past it, which on a busy pool
+takes milliseconds. A plan that saw the loss and the relist that carries it out read Redis
+at two moments; if the relist judged afresh it could find nothing lost and keep, over the
+relisted records, the higher versions of writes Redis no longer has (found by the
+``sentinel-failover`` experiment: after a failover, the last of six pools an instance
+relisted kept its own lost ``job_finish``).
 """
 
 from __future__ import annotations
@@ -110,8 +118,9 @@ class PoolSequencer:
         self._behind: dict[str, int] = {}
         # pool -> marks of the seqs up to last_seq, newest last (None: not known).
         self._marks: dict[str, deque[int | None]] = {}
-        # Pools whose history diverged from Redis's: lost data until relisted.
-        self._diverged: set[str] = set()
+        # Pools judged to have lost data (a diverged history, a seq back, a new epoch): lost
+        # until relisted, whatever Redis's seq does meanwhile (module docstring).
+        self._lost: set[str] = set()
 
     def last_seq(self, pool: str) -> int | None:
         """The highest seq applied for ``pool``, or None if the pool needs a relist."""
@@ -158,7 +167,7 @@ class PoolSequencer:
             return APPLY
         if seq <= last:
             if mark is not None and (mine := self.mark(pool, seq)) is not None and mine != mark:
-                self._diverged.add(pool)
+                self._lost.add(pool)
                 return DIVERGED
             return IGNORE
         return CatchUp(from_seq=last + 1, to_seq=seq)
@@ -180,8 +189,11 @@ class PoolSequencer:
         """
         last = self._last.get(pool)
         if self.diverged(pool, seq, mark, at):
-            self._diverged.add(pool)
-        if last is None or self.lost_data(pool, seq, epoch, high_water) or seq < last:
+            self._lost.add(pool)
+        if self.lost_data(pool, seq, epoch, high_water):
+            self._lost.add(pool)  # until the relist: see the module docstring
+            return RELIST
+        if last is None or seq < last:
             return RELIST
         if seq > last:
             return CatchUp(from_seq=last + 1, to_seq=seq)
@@ -205,8 +217,9 @@ class PoolSequencer:
         """
         self.adopt_first_epoch(pool, epoch)
         if self.diverged(pool, seq, mark, at):
-            self._diverged.add(pool)
+            self._lost.add(pool)
         if self.lost_data(pool, seq, epoch, high_water):
+            self._lost.add(pool)  # until the relist: see the module docstring
             return Verdict.LOST_DATA
         last = self._last.get(pool)
         if last is not None and seq <= last:
@@ -227,7 +240,7 @@ class PoolSequencer:
         ``high_water`` must be read *before* the read that returned ``seq``: the
         instance's own writes may put newer versions into L1 while that read is in flight.
         """
-        if seq < high_water or pool in self._diverged:
+        if seq < high_water or pool in self._lost:
             return True
         known = self._epoch.get(pool)
         if known is None:
@@ -242,7 +255,7 @@ class PoolSequencer:
         self._epoch[pool] = epoch
         self._behind.pop(pool, None)
         self._marks[pool] = deque([mark], maxlen=HISTORY)
-        self._diverged.discard(pool)
+        self._lost.discard(pool)
 
     def invalidate(self, pool: str) -> None:
         """Forget ``pool``'s position: its next event asks for a relist."""

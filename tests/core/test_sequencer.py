@@ -308,3 +308,23 @@ def test_applying_after_invalidate_and_resync_starts_a_fresh_history() -> None:
     seq.synced("p", 0, None)
     assert seq.on_event("p", 1, "e1", 10) == APPLY  # adopts the first epoch
     assert seq.mark("p", 1) == 10
+
+
+def test_a_loss_holds_until_the_relist_however_far_redis_moves_meanwhile() -> None:
+    # Found by the sentinel-failover experiment: a plan saw the failover's loss (Redis's seq below
+    # what L1 held), but by the time the relist read the pool, new writes had carried the seq
+    # past high_water; judged afresh, the relist found nothing lost and kept a lost write.
+    seq = synced_at(10, "e1")
+    assert seq.plan("p", 8, "e1", 12) is RELIST
+    assert seq.lost_data("p", 15, "e1", 12)  # the relist's own read: still lost
+    assert seq.probe("p", 16, "e1", 12) is Verdict.LOST_DATA
+    seq.synced("p", 15, "e1")  # relisted (with a reset): nothing is lost any more
+    assert not seq.lost_data("p", 16, "e1", 15)
+    # Every other way to judge a loss holds the same way: a new epoch...
+    seq = synced_at(10, "e1")
+    assert seq.probe("p", 10, "e2", 10) is Verdict.LOST_DATA and seq.lost_data("p", 11, "e1", 10)
+    # ...and a diverged history.
+    seq = synced_at(10, "e1")
+    assert seq.on_event("p", 11, "e1", mark=111) is APPLY
+    assert seq.on_event("p", 11, "e1", mark=999) is DIVERGED
+    assert seq.lost_data("p", 12, "e1", 11)
