@@ -237,8 +237,7 @@ class ClusterTarget:
         # What was acknowledged before the fault (and, for a move, during it) and is gone now.
         end_wall = time.time() if fault.kind == "move_slot" else record.hit_wall
         self._renew_admin()  # the slots moved: read the logs where they are now
-        await asyncio.to_thread(
-            count_lost,
+        await count_lost(
             record,
             self.phase.ledger,
             self._log_at,

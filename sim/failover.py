@@ -20,6 +20,7 @@ inject their own faults; what they measure afterwards is one set of rules, kept 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -105,7 +106,7 @@ class CpuMeter:
         return sum(max(0.0, _process_cpu(pid) - self._marked.get(pid, 0.0)) for pid in self._pids())
 
 
-def count_lost(
+async def count_lost(
     record: FaultRecord,
     ledger: AckLedger,
     log_at: LogAt,
@@ -114,14 +115,13 @@ def count_lost(
     until_wall: float,
     recorders: Sequence[Recorder],
 ) -> None:
-    """Fill ``record``'s acknowledged writes checked and lost, and put them on the timeline.
+    """Fill ``record``'s acknowledged writes checked and lost, and count them in ``recorders``.
 
     Checked: the writes of ``record.pools`` acknowledged in ``[since_wall, until_wall]``;
-    lost: those ``log_at`` (read after the failover) no longer holds (``sim.acks.lost_writes``).
-    Blocking (it reads Redis): call it through ``asyncio.to_thread``; the recorder calls
-    are plain appends."""
+    lost: those ``log_at`` (read after the failover, in a thread: it blocks) no longer holds
+    (``sim.acks.lost_writes``)."""
     acks = ledger.window(record.pools, since_wall, until_wall)
-    lost = lost_writes(acks, log_at, until_wall)
+    lost = await asyncio.to_thread(lost_writes, acks, log_at, until_wall)
     record.acked_checked, record.lost = len(acks), len(lost)
     record.lost_examples = [f"{a.pool} seq {a.seq} {a.op} {a.node_id}" for a in lost[:5]]
     for rec in recorders:

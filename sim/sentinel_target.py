@@ -184,8 +184,7 @@ class SentinelTarget:
         # Acknowledged before the fault (and by the new primary until now), gone from the new primary.
         client = _client(failover.new_primary)
         try:
-            await asyncio.to_thread(
-                count_lost,
+            await count_lost(
                 record,
                 self.phase.ledger,
                 lambda pool, seqs: self._log_at(client, pool, seqs),
