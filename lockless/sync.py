@@ -137,6 +137,8 @@ class PoolSync:
         self._health.heard(pools)
         if reconnect:
             self._metrics.inc("reconnects")
+            # Maybe to another server (a failover): the history is checked before events follow on.
+            self.sequencer.unverify(self._pools if pools is None else pools & self._pools)
             self.request(Recover("event subscription re-established", pools))
 
     def on_stream_lost(self, reason: str, pools: frozenset[str] | None = None) -> None:
@@ -351,6 +353,7 @@ class PoolSync:
         """Read the seq and epoch of ``pools`` (None: all): Redis liveness, lost data, and events
         lost silently; each mode domain is judged on its own pools' answers (``probe.py``)."""
         await self._probe.run(pools)
+
 
 def _pools_of(work: Work, pool_of_channel: Callable[[str], str | None]) -> frozenset[str] | None:
     """The pools a work item concerns (None: every pool)."""

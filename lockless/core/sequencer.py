@@ -44,6 +44,14 @@ the mark as the term):
 * Redis's log entry at our ``last_seq`` (read with the position, see :meth:`plan` and
   :meth:`probe`) whose mark differs -> the pool's history diverged.
 
+A re-established event stream (a reconnect, maybe to a new primary after a failover) is a
+gap of unknown size in *which history* the events continue: the writes that carried the
+new primary's seq past ``last_seq`` before the subscription landed may be other writes than
+the ones applied. So after :meth:`PoolSequencer.unverify` an event that would follow on
+(APPLY, or a catch-up) is answered RELIST instead, which the caller carries out as a
+repair: the position read with the mark at ``last_seq`` (:meth:`PoolSequencer.plan`)
+checks the history first, and only then does the stream follow on by seq again.
+
 A diverged pool counts as lost data until it is relisted: its records are installed as
 they are (versions may go back), as after an epoch change.
 
@@ -60,6 +68,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: Marks (write identities) kept per pool, for the last this-many seqs applied.
@@ -121,6 +130,9 @@ class PoolSequencer:
         # Pools judged to have lost data (a diverged history, a seq back, a new epoch): lost
         # until relisted, whatever Redis's seq does meanwhile (module docstring).
         self._lost: set[str] = set()
+        # Pools whose stream was re-established and whose history at last_seq is not checked
+        # against Redis's yet (unverify()): their events do not follow on by seq alone.
+        self._unverified: set[str] = set()
 
     def last_seq(self, pool: str) -> int | None:
         """The highest seq applied for ``pool``, or None if the pool needs a relist."""
@@ -159,7 +171,7 @@ class PoolSequencer:
         if epoch is not None and epoch != self._epoch.get(pool) and not self.adopt_first_epoch(pool, epoch):
             return NEW_EPOCH
         last = self._last.get(pool)
-        if last is None:
+        if last is None or (seq > last and pool in self._unverified):
             return RELIST
         if seq == last + 1:
             self._last[pool] = seq
@@ -188,6 +200,7 @@ class PoolSequencer:
         :meth:`lost_data`).
         """
         last = self._last.get(pool)
+        self._unverified.discard(pool)  # this read checks the history at last_seq (``mark`` at ``at``)
         if self.diverged(pool, seq, mark, at):
             self._lost.add(pool)
         if self.lost_data(pool, seq, epoch, high_water):
@@ -256,6 +269,12 @@ class PoolSequencer:
         self._behind.pop(pool, None)
         self._marks[pool] = deque([mark], maxlen=HISTORY)
         self._lost.discard(pool)
+        self._unverified.discard(pool)
+
+    def unverify(self, pools: Iterable[str]) -> None:
+        """The event stream of ``pools`` was re-established: until :meth:`plan` (or a relist) checks
+        each one's history against Redis, an event that would follow on asks for a repair."""
+        self._unverified.update(pools)
 
     def invalidate(self, pool: str) -> None:
         """Forget ``pool``'s position: its next event asks for a relist."""

@@ -328,3 +328,27 @@ def test_a_loss_holds_until_the_relist_however_far_redis_moves_meanwhile() -> No
     assert seq.on_event("p", 11, "e1", mark=111) is APPLY
     assert seq.on_event("p", 11, "e1", mark=999) is DIVERGED
     assert seq.lost_data("p", 12, "e1", 11)
+
+
+def test_after_a_reconnect_events_follow_on_only_once_the_history_is_checked() -> None:
+    # Found by the sentinel-failover experiment: after a failover the subscription landed on
+    # the new primary once its writes had carried the pool's seq past last_seq; the next event
+    # was last_seq + 1 and was applied, and the writes the new primary had lost stayed in L1.
+    seq = synced_at(10, "e1")
+    assert seq.on_event("p", 11, "e1", mark=111) is APPLY
+    seq.unverify(["p"])
+    assert seq.on_event("p", 12, "e1", mark=222) is RELIST  # perhaps another history's 12
+    assert seq.on_event("p", 16, "e1", mark=666) is RELIST  # nor a catch-up
+    # The repair's read: Redis holds another write at our last seq, 11: lost, relist.
+    assert seq.plan("p", 16, "e1", 11, mark=999, at=11) is RELIST
+    assert seq.lost_data("p", 16, "e1", 11)
+    # The same history: the repair catches up, and events follow on again.
+    seq = synced_at(10, "e1")
+    assert seq.on_event("p", 11, "e1", mark=111) is APPLY
+    seq.unverify(["p"])
+    assert seq.plan("p", 12, "e1", 11, mark=111, at=11) == CatchUp(from_seq=12, to_seq=12)
+    assert seq.on_event("p", 12, "e1", mark=222) is APPLY
+    # A relist checks everything too.
+    seq.unverify(["p"])
+    seq.synced("p", 20, "e1", 2020)
+    assert seq.on_event("p", 21, "e1", mark=2121) is APPLY
