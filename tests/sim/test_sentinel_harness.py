@@ -111,6 +111,7 @@ def test_the_experiment_spells_out_every_field() -> None:
     assert config.sentinel.enabled and config.nodes.count == 10_000
     assert config.nodes.crash_rate_per_hour > 0 and config.nodes.leave_rate_per_hour > 0
     assert config.jobs.utilization > 0 and config.schedulers.instances == 2
+    assert config.harness.scheduler_processes  # the instances' relists off the harness's loop
     for key in ("sentinels", "quorum", "down_after_ms", "failover_timeout_ms", "utilization"):
         assert f"\n{key} = " in text, key
     kinds = [(f.kind, f.lose_writes_s > 0) for f in config.faults]
@@ -120,8 +121,11 @@ def test_the_experiment_spells_out_every_field() -> None:
     assert text.count("lose_writes_s = ") == len(config.faults)
 
 
-def _shrunk() -> ExperimentConfig:
-    """sentinel-failover, shrunk: 400 nodes, 14 s, one kill 0.5 s after the replica was cut off."""
+def _shrunk(*, in_process: bool = False) -> ExperimentConfig:
+    """sentinel-failover, shrunk: 400 nodes, 14 s, one kill 0.5 s after the replica was cut off.
+
+    ``in_process``: the scheduler instances in the test's process (as a patch here reaches
+    them), not in processes of their own as the experiment runs them."""
     config = load_toml(EXPERIMENT)
     (lossy,) = [f for f in config.faults if f.lose_writes_s > 0][:1]
     return dataclasses.replace(
@@ -129,6 +133,9 @@ def _shrunk() -> ExperimentConfig:
         experiment=dataclasses.replace(config.experiment, duration_s=14.0, warmup_s=2.0),
         nodes=dataclasses.replace(config.nodes, count=400),
         faults=(dataclasses.replace(lossy, at_s=5.0, duration_s=4.0),),
+        harness=dataclasses.replace(
+            config.harness, scheduler_processes=config.harness.scheduler_processes and not in_process
+        ),
     )
 
 
@@ -163,7 +170,7 @@ def test_a_registry_that_keeps_lost_writes_is_reported(monkeypatch: pytest.Monke
     # Broken on purpose, here only: the registries never judge Redis's data lost (a seq gone
     # back, a diverged history), so they neither count it nor reset their caches when relisting.
     monkeypatch.setattr(PoolSequencer, "lost_data", lambda self, pool, seq, epoch, high_water: False)
-    outcome = asyncio.run(run_async(_shrunk()))
+    outcome = asyncio.run(run_async(_shrunk(in_process=True)))
     rec = outcome.recorders["lockless"]
     report = outcome.phases["lockless"]["sentinel"]
     assert report["lost_acked_writes"] > 0, report  # there was something to detect
