@@ -102,11 +102,8 @@ class PoolSync:
 
     def caught_up(self) -> bool:
         """NORMAL, nothing queued, every pool positioned."""
-        return (
-            self._health.mode is Mode.NORMAL
-            and self._queue.empty()
-            and all(self.sequencer.last_seq(p) is not None for p in self._pools)
-        )
+        positioned = all(self.sequencer.last_seq(p) is not None for p in self._pools)
+        return self._health.mode is Mode.NORMAL and self._queue.empty() and positioned
 
     # ------------------------------------------------------- subscription sink
     # Callbacks of the subscriber task: they only enqueue (or apply in order, see above).
