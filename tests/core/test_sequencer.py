@@ -15,6 +15,7 @@ from lockless.core.sequencer import (
     CatchUp,
     PoolSequencer,
     Verdict,
+    answered_by_a_new_life,
 )
 
 
@@ -308,3 +309,17 @@ def test_applying_after_invalidate_and_resync_starts_a_fresh_history() -> None:
     seq.synced("p", 0, None)
     assert seq.on_event("p", 1, "e1", 10) == APPLY  # adopts the first epoch
     assert seq.mark("p", 1) == 10
+
+
+@pytest.mark.parametrize(
+    ("version", "high_water", "lost"),
+    [
+        (8, 7, False),  # the next seq: same life
+        (7, 7, True),  # a seq L1 had already seen was reused
+        (1, 7, True),  # Redis restarted empty
+        (1, 0, False),  # nothing seen before: nothing to tell
+        (0, 7, False),  # no version (nothing written)
+    ],
+)
+def test_a_write_answered_at_a_seen_version_is_lost_data(version: int, high_water: int, lost: bool) -> None:
+    assert answered_by_a_new_life(version, high_water) is lost

@@ -260,7 +260,6 @@ async def test_data_loss_is_noticed_when_l1_learned_a_pool_by_reads_only(
         await eventually(lambda: a.cached_nodes("p") == {}, 5.0, "L1 emptied like Redis")
 
 
-@pytest.mark.xfail(strict=True, reason="WritePath applies a write's answer of a new life of the data to L1")
 async def test_own_write_after_a_data_loss_does_not_mix_lives(fault_server: RedisServer, ns: str) -> None:
     """An instance's own write answered by a Redis that lost its data must not land in L1 as is.
 
