@@ -116,8 +116,8 @@ def _assemble(config: RegistryConfig, instance: str, store: RedisStore | None, c
         journals.update(dict.fromkeys(domain.pools, shared_journal))
 
     def lost_data(pool: str, why: str) -> None:
-        # A write's answer showed that Redis lost the pool's data: as the probe does, report it
-        # and queue the recovery that relists the pool (with reset, the relist sees the loss).
+        # A write's answer or a read showed that Redis lost the pool's data: as the probe does,
+        # report it and queue the recovery that relists the pool (with reset: it sees the loss).
         health.report(Fact.DATA_LOST, why, frozenset({pool}))
         sync.request(Recover(why, frozenset({pool})))
 
@@ -128,7 +128,15 @@ def _assemble(config: RegistryConfig, instance: str, store: RedisStore | None, c
         **shared,
         **common,
     )
-    reads = ReadPath(cache, health=health, rng=rng, **shared, **common)
+    reads = ReadPath(
+        cache,
+        health=health,
+        epoch_of=lambda pool: sync.sequencer.epoch(pool),
+        on_lost_data=lost_data,
+        rng=rng,
+        **shared,
+        **common,
+    )
     sync = PoolSync(
         config.subscriber,
         health=health,
