@@ -139,13 +139,13 @@ class PoolReader:
             for reply in replies:
                 if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
                     raise reply
+            if epoch and isinstance(replies[-1], ResponseError):
+                raise replies[-1]  # a clobbered epoch key: it cannot vouch for the records
             return replies
 
         what = "HGETALL" if len(node_ids) == 1 else f"HGETALL x{len(node_ids)}"
         replies = await self._guarded(what, run)
         life = replies.pop() if epoch else None
-        if isinstance(life, ResponseError):
-            raise life  # (WRONGTYPE on the epoch key: nothing can vouch for these records)
         out: dict[str, NodeSnapshot | MalformedRecord | None] = {}
         for node_id, raw in zip(node_ids, replies, strict=True):
             if isinstance(raw, ResponseError):
