@@ -13,7 +13,7 @@ every reason an instance can change mode and which part reports it::
     sync                        GAP                    STREAM_LOST   NORMAL -> L2_ONLY
     sync                        NEW_EPOCH              STREAM_LOST   NORMAL -> L2_ONLY
     sync                        DIVERGED               STREAM_LOST   NORMAL -> L2_ONLY
-    sync (probe)                DATA_LOST              STREAM_LOST   NORMAL -> L2_ONLY
+    sync (probe, write answer)  DATA_LOST              STREAM_LOST   NORMAL -> L2_ONLY
     sync                        REPAIR_INTERRUPTED     STREAM_LOST   (stays; the repair is retried)
     sync                        CAUGHT_UP              CAUGHT_UP     L2_ONLY -> NORMAL
 
@@ -89,7 +89,9 @@ FACTS: dict[Fact, Route] = {
     Fact.DIVERGED: Route(
         Signal.STREAM_LOST, "sync: Redis holds another write at a seq L1 applied (writes lost in a failover)"
     ),
-    Fact.DATA_LOST: Route(Signal.STREAM_LOST, "sync probe: a pool's epoch changed or its seq went back"),
+    Fact.DATA_LOST: Route(
+        Signal.STREAM_LOST, "sync probe, or a write's answer: a pool's epoch changed or its seq went back"
+    ),
     Fact.REPAIR_INTERRUPTED: Route(Signal.STREAM_LOST, "sync: Redis failed during a catch-up or relist"),
     Fact.CAUGHT_UP: Route(Signal.CAUGHT_UP, "sync: every pool repaired and the subscription live"),
 }

@@ -12,6 +12,11 @@ whether the answer is marked stale or refused. This module carries the plan out:
   mid-reply), it finishes in the background and refreshes L1 for the next reader;
 * in LOCAL_ONLY reads serve last-known-good L1, marked stale.
 
+A read of Redis fills L1 only with records of the life of the pool's data that L1's
+records belong to: it reads the pool's epoch with them, and a record of another epoch
+(Redis lost its data and the instance has not relisted yet) is answered but kept out of
+L1, and the loss reported, so that L1 never mixes two lives under one epoch.
+
 The mode and the data age of a read are those of its pool (its mode domain, ``health.py``):
 on a cluster a pool whose shard is down serves last-known-good while the others read L1.
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lockless.clock import Clock
 from lockless.config import CacheConfig
@@ -53,6 +58,8 @@ class ReadPath:
         store: RedisStore,
         l1: L1Store,
         health: HealthMonitor,
+        epoch_of: Callable[[str], str | None],
+        on_lost_data: Callable[[str, str], None],
         clock: Clock,
         metrics: Metrics,
         rng: random.Random,
@@ -66,6 +73,8 @@ class ReadPath:
         self._health = health
         #: pool -> its mode domain (mode and last_heard as plain attributes: the hot path reads them).
         self._domains = health.of
+        #: The epoch of L1's records of a pool (the sequencer's), and where a loss of data is told.
+        self._epoch_of, self._on_lost_data = epoch_of, on_lost_data
         self._clock = clock
         self._metrics = metrics
         self._counters = metrics.counters
@@ -174,7 +183,10 @@ class ReadPath:
     async def _fill(self, pool: str, node_id: str) -> NodeSnapshot | None:
         """Read one record from Redis into L1; return the newest snapshot known afterwards."""
         try:
-            record = await self._store.get_node(pool, node_id)
+            epoch, found = await self._store.get_nodes_and_epoch(pool, [node_id])
+            record = found[node_id]
+            if isinstance(record, MalformedRecord):
+                raise record
         except MalformedRecord as exc:
             self._metrics.inc("events_malformed")
             log.error("%s: %s", self._instance, exc)
@@ -193,8 +205,19 @@ class ReadPath:
                 self._l1.remove(pool, node_id, self._l1.version_of(pool, node_id))
             self._l1.remember_missing(pool, node_id, now)
             return None
+        if self._other_life(pool, epoch):
+            return record  # Redis's answer, but not L1's life: the relist will install it
         self._l1.apply(record, now)
         return self._l1.peek(pool, node_id)
+
+    def _other_life(self, pool: str, epoch: str | None) -> bool:
+        """True, and the loss reported, if records read with ``epoch`` belong to another life of the
+        pool's data than L1's (an unknown epoch of L1 cannot tell: ``high_water`` covers that)."""
+        known = self._epoch_of(pool)
+        if known is None or epoch == known:
+            return False
+        self._on_lost_data(pool, f"a read of {pool} found epoch {epoch!r}, L1 holds {known!r}")
+        return True
 
     async def refresh_node(self, pool: str, node_id: str) -> NodeSnapshot | None:
         """Re-read one node from Redis into L1, whatever L1 holds."""
@@ -221,12 +244,13 @@ class ReadPath:
                 missing.append(node_id)
         if missing:
             try:
-                records = await self._store.get_nodes(pool, missing)
+                epoch, records = await self._store.get_nodes_and_epoch(pool, missing)
             except RedisUnavailable as exc:
                 self._health.report(Fact.REDIS_FAILED, str(exc), (pool,))
                 raise
             self._health.heard((pool,))
             self._metrics.inc("l2_reads", len(missing))
+            other_life = self._other_life(pool, epoch)
             for node_id, record in records.items():
                 if isinstance(record, MalformedRecord):
                     self._metrics.inc("events_malformed")
@@ -235,6 +259,8 @@ class ReadPath:
                 elif record is None:
                     self._l1.remember_missing(pool, node_id, now)
                     out[node_id] = None
+                elif other_life:
+                    out[node_id] = record
                 else:
                     self._l1.apply(record, now)
                     out[node_id] = self._l1.peek(pool, node_id)

@@ -38,7 +38,7 @@ from lockless.core.modes import Mode, ModeSwitch
 from lockless.core.selection import Selection
 from lockless.core.snapshot import NodeSnapshot, NodeSpec, Requirements
 from lockless.errors import RedisUnavailable
-from lockless.health import HealthMonitor
+from lockless.health import Fact, HealthMonitor
 from lockless.metrics import Metrics, MetricsSnapshot
 from lockless.protocol import Admission, Heartbeat, HeartbeatResult, Placement, ReadResult, place
 from lockless.reads import ReadPath
@@ -99,7 +99,7 @@ def _assemble(config: RegistryConfig, instance: str, store: RedisStore | None, c
     )
     common = {"clock": clock, "metrics": metrics, "instance": instance}
     shared = {"pools": pools, "store": store, "l1": l1}
-    # Two callbacks name parts built after them (the synchroniser, the subscriber): closures
+    # Callbacks name parts built after them (the synchroniser, the subscriber): closures
     # look the names up when they fire, by which time both exist.
     health = HealthMonitor(
         config.modes,
@@ -114,8 +114,29 @@ def _assemble(config: RegistryConfig, instance: str, store: RedisStore | None, c
     for domain in health.domains:
         shared_journal = journals[min(domain.pools)]
         journals.update(dict.fromkeys(domain.pools, shared_journal))
-    writes = WritePath(journals=journals, health=health, **shared, **common)
-    reads = ReadPath(cache, health=health, rng=rng, **shared, **common)
+
+    def lost_data(pool: str, why: str) -> None:
+        # A write's answer or a read showed that Redis lost the pool's data: as the probe does,
+        # report it and queue the recovery that relists the pool (with reset: it sees the loss).
+        health.report(Fact.DATA_LOST, why, frozenset({pool}))
+        sync.request(Recover(why, frozenset({pool})))
+
+    writes = WritePath(
+        journals=journals,
+        health=health,
+        on_lost_data=lost_data,
+        **shared,
+        **common,
+    )
+    reads = ReadPath(
+        cache,
+        health=health,
+        epoch_of=lambda pool: sync.sequencer.epoch(pool),
+        on_lost_data=lost_data,
+        rng=rng,
+        **shared,
+        **common,
+    )
     sync = PoolSync(
         config.subscriber,
         health=health,

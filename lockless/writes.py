@@ -9,6 +9,9 @@ Redis before the journaled ``job_start`` it undoes.
 The answers of our own writes update L1 at once ("assumed", DESIGN.md section 6): an
 admission or a release carries the node's job count at a version, and a removal its
 version. The first real snapshot at that version or newer retires the assumption.
+An answer at a version not above what L1 had seen before the write was sent comes from a
+Redis that lost data (``answered_by_a_new_life``): it stays out of L1 (it would mix two
+lives of the pool under the old epoch), and the pool is reported lost and relisted.
 
 ``job_start`` is the one write with a different offline fallback: in LOCAL_ONLY it
 admits against the local view (never past the node's free slots) and journals; Redis
@@ -24,6 +27,7 @@ The order the journal keeps is the order within a pool (pools share no keys).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -35,6 +39,7 @@ from lockless.core.journal import JournalEntry, WriteJournal
 from lockless.core.l1 import L1Store
 from lockless.core.modes import Mode
 from lockless.core.selection import is_placeable
+from lockless.core.sequencer import answered_by_a_new_life
 from lockless.core.snapshot import NodeSnapshot, NodeSpec
 from lockless.errors import JournalFull, RedisUnavailable, UnknownPool, WriteNotReplicated
 from lockless.health import Fact, HealthMonitor
@@ -60,6 +65,7 @@ class WritePath:
         l1: L1Store,
         journals: Mapping[str, WriteJournal],
         health: HealthMonitor,
+        on_lost_data: Callable[[str, str], None],
         clock: Clock,
         metrics: Metrics,
         instance: str,
@@ -70,6 +76,8 @@ class WritePath:
         #: pool -> its domain's journal (one object shared by the pools of a domain).
         self._journals = dict(journals)
         self._health = health
+        #: (what, pool, version, high_water) -> True, reported, if that answer shows lost data.
+        self._new_life = functools.partial(_from_a_new_life, on_lost_data)
         self._clock = clock
         self._metrics = metrics
         self._instance = instance
@@ -129,6 +137,7 @@ class WritePath:
         """Create or replace a node record; its version (0 when journaled)."""
         self._check_pool(spec.pool)
         command = Register(spec=spec)
+        high_water = self._l1.high_water(spec.pool)
         result = await self._redis_else(
             "register",
             spec.pool,
@@ -138,7 +147,7 @@ class WritePath:
         if isinstance(result, JournalEntry):
             return 0
         version, record = result
-        if record is not None:
+        if record is not None and not self._new_life("register", spec.pool, version, high_water):
             # Read-your-writes: the registering instance sees the node now, not when its event arrives.
             self._l1.apply(record, self._clock.monotonic())
         return version
@@ -191,12 +200,13 @@ class WritePath:
         """Remove a node; True if it existed (offline: if this instance knows it)."""
         self._check_pool(pool)
         command = Remove(pool=pool, node_id=node_id)
+        high_water = self._l1.high_water(pool)
         result = await self._redis_else(
             "remove", pool, lambda: self._store.remove(pool, node_id), lambda _: self._to_journal(command)
         )
         if isinstance(result, JournalEntry):
             return self._l1.peek(pool, node_id) is not None
-        if result:
+        if result and not self._new_life("remove", pool, result, high_water):
             self._l1.remove(pool, node_id, result)
         return bool(result)
 
@@ -205,6 +215,7 @@ class WritePath:
         self._check_pool(pool)
         command = JobStart(pool=pool, node_id=node_id, job_id=job_id)
         local: list[Admission] = []
+        high_water = self._l1.high_water(pool)
 
         def offline(sent: bool) -> Admission:
             local.append(self._admit_locally(command, sent=sent))
@@ -218,6 +229,9 @@ class WritePath:
             # counts are the local view's, which must not be assumed back as Redis's answer.
             return admission
         self._metrics.inc("admissions" if admission.admitted else "rejections")
+        new = admission.reason == "admitted"  # (a rejection's version is the node's, not a new one)
+        if new and self._new_life("job_start", pool, admission.version, high_water):
+            return admission
         if admission.version > 0:
             # Our own write told us the node's job count at a version: use it now rather than
             # wait for the event (it also corrects a stale "free" view after a 'full' rejection).
@@ -263,6 +277,7 @@ class WritePath:
         """Release ``job_id``'s slot. Idempotent; True if this call released it (or journaled it)."""
         self._check_pool(pool)
         command = JobFinish(pool=pool, node_id=node_id, job_id=job_id)
+        high_water = self._l1.high_water(pool)
         result = await self._redis_else(
             "job_finish",
             pool,
@@ -272,7 +287,7 @@ class WritePath:
         if isinstance(result, JournalEntry):
             return True
         released, version, current = result
-        if released:
+        if released and not self._new_life("job_finish", pool, version, high_water):
             self._assume(self._l1.peek(pool, node_id), current, version)
         return released
 
@@ -335,3 +350,14 @@ class WritePath:
             for node in (await self._store.get_nodes(pool, sorted(node_ids))).values():
                 if isinstance(node, NodeSnapshot):
                     self._l1.apply(node, now)
+
+
+def _from_a_new_life(
+    on_lost_data: Callable[[str, str], None], what: str, pool: str, version: int, high_water: int
+) -> bool:
+    """True, and the loss reported to ``on_lost_data(pool, reason)``, if ``version`` (a new write's)
+    shows that Redis lost data since L1 reached ``high_water`` (read before the write was sent)."""
+    if not answered_by_a_new_life(version, high_water):
+        return False
+    on_lost_data(pool, f"{what} in {pool} answered version {version}, not above {high_water} seen before it")
+    return True

@@ -62,6 +62,10 @@ at two moments; if the relist judged afresh it could find nothing lost and keep,
 relisted records, the higher versions of writes Redis no longer has (found by the
 ``sentinel-failover`` experiment: after a failover, the last of six pools an instance
 relisted kept its own lost ``job_finish``).
+
+Our own writes tell too (:func:`answered_by_a_new_life`): a write gets the next seq as its
+version, above every version that existed when it was sent; an answer at a version not
+above L1's ``high_water`` read before sending it comes from a Redis that lost data.
 """
 
 from __future__ import annotations
@@ -115,6 +119,18 @@ class CatchUp:
 
 
 Decision = Verdict | CatchUp
+
+
+def answered_by_a_new_life(version: int, high_water: int) -> bool:
+    """True if a write that made a new version answered ``version``, not above ``high_water``
+    (L1's, read *before* the write was sent): Redis lost data since L1 saw that version.
+
+    In one life of the pool's data a new write's version is the next seq, above every version
+    that existed when it was sent; an answer at or below one L1 had already seen can only
+    come from a Redis that restarted empty (or lost writes in a failover) and reused seqs.
+    Its record belongs to another life than L1's: it must not be installed as is.
+    """
+    return 0 < version <= high_water
 
 
 class PoolSequencer:

@@ -114,21 +114,38 @@ class PoolReader:
         self, pool: str, node_ids: Sequence[str]
     ) -> dict[str, NodeSnapshot | MalformedRecord | None]:
         """Several records in one pipelined round trip; a bad record maps to its MalformedRecord."""
+        return (await self._read_nodes(pool, node_ids, epoch=False))[1]
+
+    async def get_nodes_and_epoch(
+        self, pool: str, node_ids: Sequence[str]
+    ) -> tuple[str | None, dict[str, NodeSnapshot | MalformedRecord | None]]:
+        """:meth:`get_nodes`, and the pool's epoch (None if it has none) read in the same round
+        trip: the life of the pool's data the records belong to."""
+        return await self._read_nodes(pool, node_ids, epoch=True)
+
+    async def _read_nodes(
+        self, pool: str, node_ids: Sequence[str], *, epoch: bool
+    ) -> tuple[str | None, dict[str, NodeSnapshot | MalformedRecord | None]]:
         if not node_ids:
-            return {}
+            return None, {}
 
         async def run() -> list:
             commands = [("HGETALL", self.keys.node(pool, node_id)) for node_id in node_ids]
+            if epoch:
+                commands.append(("GET", self.keys.epoch(pool)))
             # One bad key (WRONGTYPE: clobbered by another program) must not fail the rest;
             # any other error (BUSY, LOADING, ...) is the server's and fails the call.
             replies = await self.on_pool(pool, commands, raise_on_error=False)
             for reply in replies:
                 if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
                     raise reply
+            if epoch and isinstance(replies[-1], ResponseError):
+                raise replies[-1]  # a clobbered epoch key: it cannot vouch for the records
             return replies
 
         what = "HGETALL" if len(node_ids) == 1 else f"HGETALL x{len(node_ids)}"
         replies = await self._guarded(what, run)
+        life = replies.pop() if epoch else None
         out: dict[str, NodeSnapshot | MalformedRecord | None] = {}
         for node_id, raw in zip(node_ids, replies, strict=True):
             if isinstance(raw, ResponseError):
@@ -138,7 +155,7 @@ class PoolReader:
                 out[node_id] = parse_node_hash(pool, node_id, raw) if raw else None
             except MalformedRecord as exc:
                 out[node_id] = exc
-        return out
+        return life, out
 
     async def pool_state(self, pool: str) -> tuple[int, str | None]:
         """The pool's current ``seq`` (0 if none) and ``epoch`` (None if the pool has none)."""

@@ -282,6 +282,12 @@ class RedisStore:
         """Several records in one round trip; a bad record maps to its MalformedRecord."""
         return await self.reader.get_nodes(pool, node_ids)
 
+    async def get_nodes_and_epoch(
+        self, pool: str, node_ids: Sequence[str]
+    ) -> tuple[str | None, dict[str, NodeSnapshot | MalformedRecord | None]]:
+        """``get_nodes``, with the pool's epoch read in the same round trip (the records' life)."""
+        return await self.reader.get_nodes_and_epoch(pool, node_ids)
+
     async def pool_state(self, pool: str) -> tuple[int, str | None]:
         """The pool's ``seq`` (0 if none) and ``epoch`` (None if none)."""
         return await self.reader.pool_state(pool)

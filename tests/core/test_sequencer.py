@@ -15,6 +15,7 @@ from lockless.core.sequencer import (
     CatchUp,
     PoolSequencer,
     Verdict,
+    answered_by_a_new_life,
 )
 
 
@@ -352,3 +353,17 @@ def test_after_a_reconnect_events_follow_on_only_once_the_history_is_checked() -
     seq.unverify(["p"])
     seq.synced("p", 20, "e1", 2020)
     assert seq.on_event("p", 21, "e1", mark=2121) is APPLY
+
+
+@pytest.mark.parametrize(
+    ("version", "high_water", "lost"),
+    [
+        (8, 7, False),  # the next seq: same life
+        (7, 7, True),  # a seq L1 had already seen was reused
+        (1, 7, True),  # Redis restarted empty
+        (1, 0, False),  # nothing seen before: nothing to tell
+        (0, 7, False),  # no version (nothing written)
+    ],
+)
+def test_a_write_answered_at_a_seen_version_is_lost_data(version: int, high_water: int, lost: bool) -> None:
+    assert answered_by_a_new_life(version, high_water) is lost

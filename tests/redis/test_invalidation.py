@@ -173,10 +173,14 @@ async def test_versions_never_go_backwards_when_a_stale_read_races_an_event(
         await eventually(lambda: version_in(reader, "p", "n1") == admission.version, 2.0, "new version")
 
         # A read of the record that left Redis before the event and arrives after it.
-        async def stale_read(self: RedisStore, pool: str, node_id: str) -> NodeSnapshot | None:
-            return old
+        epoch = reader.state().positions["p"][1]
 
-        monkeypatch.setattr(RedisStore, "get_node", stale_read)
+        async def stale_read(
+            self: RedisStore, pool: str, node_ids: list[str]
+        ) -> tuple[str | None, dict[str, NodeSnapshot | None]]:
+            return epoch, {"n1": old}
+
+        monkeypatch.setattr(RedisStore, "get_nodes_and_epoch", stale_read)
         assert (await reader.refresh_node("p", "n1")).version == admission.version  # refused: older
         assert reader.cached("p", "n1").version == admission.version
     await writer.close()

@@ -155,6 +155,14 @@ async def test_pool_state_before_and_after_the_first_write(
     assert await store.pools() == {POOL}
 
 
+async def test_get_nodes_and_epoch_reads_the_records_with_their_pools_epoch(store: RedisStore) -> None:
+    assert await store.get_nodes_and_epoch(POOL, ["a"]) == (None, {"a": None})
+    await store.register(spec("a"))
+    epoch, found = await store.get_nodes_and_epoch(POOL, ["a", "b"])
+    assert epoch is not None and epoch == (await store.pool_state(POOL))[1]
+    assert found == await store.get_nodes(POOL, ["a", "b"]) and found["b"] is None
+
+
 async def test_register_many_is_one_write_per_spec_with_consecutive_versions(
     store: RedisStore, raw: aioredis.Redis, ns: str
 ) -> None:

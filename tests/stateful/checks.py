@@ -6,8 +6,7 @@
   versions go backwards, and no instance holds a record newer than Redis;
 * :func:`settle` (a rule, and every example's teardown): wait with a deadline until every
   instance has caught up, then demand exact agreement of every L1, every read and every
-  selection with Redis and the model;
-* :func:`epochs_known`: what data-loss faults wait for while ``WORK_AROUND_EPOCH_BUG`` holds.
+  selection with Redis and the model.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from lockless.core.snapshot import NodeSnapshot, Requirements
 from tests.stateful.model import RegistryModel, records_of, snapshot_record
 from tests.stateful.ops import CONVERGE_S, NODE_IDS, POOLS, TALLY
-from tests.stateful.world import World, until
+from tests.stateful.world import World
 
 
 @dataclass
@@ -164,16 +163,3 @@ async def settle(world: World) -> None:
                     assert len(picked.picks) == min(2, len(fits)), f"{picked.explain()} with {fits}"
     TALLY["settled"] += 1
 
-
-async def epochs_known(world: World) -> None:
-    """Wait until no instance holds data of a pool whose epoch it has not learned yet."""
-
-    def unknown() -> list[str]:
-        return [
-            f"{r.instance}/{p} at seq {r.last_seq(p)}"
-            for r in world.instances
-            for p in POOLS
-            if r.state().positions[p][1] is None and (r.last_seq(p) or 0) > 0
-        ]
-
-    await until(lambda: not unknown(), CONVERGE_S, lambda: f"epochs to be learned: {unknown()}")

@@ -28,7 +28,6 @@ from lockless.core.selection import is_placeable
 from lockless.core.snapshot import NodeSpec
 from lockless.registry import LocklessRegistry
 from tests.stateful import steps
-from tests.stateful.checks import epochs_known
 from tests.stateful.model import RegistryModel
 from tests.stateful.ops import (
     CONVERGE_S,
@@ -45,12 +44,6 @@ from tests.stateful.ops import (
 )
 from tests.stateful.world import World, until
 from tests.support import StallMeter
-
-#: An instance that caught up through the pool log has not learned the pool's epoch until
-#: its next probe; if Redis loses its data in that window, it keeps the old records forever
-#: (``test_regressions.py::test_data_loss_is_noticed_after_a_log_catch_up``). While that bug
-#: stands, data-loss faults wait for the epochs to be learned first; set False to hunt it here.
-WORK_AROUND_EPOCH_BUG = True
 
 
 def lose_events(world: World, ops: list[Op], trim: bool) -> None:
@@ -95,8 +88,6 @@ def kill_command_connections(world: World) -> None:
 def restart_server(world: World, keep_data: bool) -> None:
     """Restart while nothing runs: clients find dead sockets; an empty restart loses everything."""
     TALLY["fault:restart_keep" if keep_data else "fault:restart_empty"] += 1
-    if not keep_data and WORK_AROUND_EPOCH_BUG:
-        world.run(epochs_known(world))
     world.server.restart(keep_data=keep_data)
     if not keep_data:
         world.data_lost()
@@ -115,8 +106,6 @@ def outage(world: World, w: int, keep_data: bool, ops: list[Op]) -> None:
 
     async def go() -> None:
         await world.ready(registry)
-        if not keep_data and WORK_AROUND_EPOCH_BUG:
-            await epochs_known(world)
         if keep_data:
             await world.admin.save()
         await asyncio.to_thread(world.server.stop)

@@ -258,3 +258,117 @@ async def test_data_loss_is_noticed_when_l1_learned_a_pool_by_reads_only(
         await asyncio.to_thread(fault_server.restart, keep_data=False)
         await a._sync.probe()  # what the health loop does every ping_interval_s
         await eventually(lambda: a.cached_nodes("p") == {}, 5.0, "L1 emptied like Redis")
+
+
+async def test_own_write_after_a_data_loss_does_not_mix_lives(fault_server: RedisServer, ns: str) -> None:
+    """An instance's own write answered by a Redis that lost its data must not land in L1 as is.
+
+    Found by the stateful suite ("i0: q/n2 went back from version 4 to 1"): i0 had seen
+    ``n0`` at version 2, then its removal; a relist dropped the tombstone. Redis restarted
+    empty and, before i0 noticed (its subscription was being re-established, no probe
+    yet), i0 registered ``n0`` again: ``WritePath.register`` applied Redis's answer, the
+    new life's ``n0`` at version 1, into an L1 still holding the old life's records under
+    the old epoch. The node's version went back with no epoch change, and L1 mixed two
+    lives until a probe or a reconnect noticed.
+    Fix: a write's answer at a version not above the pool's ``high_water`` read before the
+    write was sent can only come from a Redis that lost data (versions are the pool's seq,
+    and a new write's is above every version that existed when it was sent): the answer is
+    not put into L1, and the pool is repaired as after a loss of data found by the probe.
+    """
+    base = fast_config(fault_server.url, ns)
+    # Probes only every 30 s: nothing but the write itself can tell the instance in time.
+    cfg = dataclasses.replace(base, subscriber=dataclasses.replace(base.subscriber, ping_interval_s=30.0))
+    writer = store_for(cfg)
+    async with LocklessRegistry(cfg, instance="a") as a:
+        await a.register_node(NodeSpec(node_id="n0", pool="p", max_jobs=1))
+        await a.register_node(NodeSpec(node_id="n0", pool="p", max_jobs=2))
+        await a.register_node(NodeSpec(node_id="n1", pool="p", max_jobs=1))
+        assert await a.remove_node("p", "n0")
+        await eventually(lambda: a.last_seq("p") == 4, 3.0, "the events of the writes")
+        # A relist drops the removal's tombstone: lose the events of one write and trim the log.
+        relists = a.metrics()["relists"]
+        fault_server.kill_clients("pubsub")
+        await writer.register(NodeSpec(node_id="n1", pool="p", max_jobs=3))
+        await writer.client.xtrim(writer.keys.log("p"), maxlen=0, approximate=False)
+        await eventually(
+            lambda: a.metrics()["relists"] > relists and a.last_seq("p") == 5 and a.mode is Mode.NORMAL,
+            5.0,
+            "the relist after the reconnect",
+        )
+        old_epoch = a.state().positions["p"][1]
+        assert old_epoch is not None and cache_view(a, "p") == {"n1": (5, 0, "up")}
+
+        await a._subscriber.stop()  # nothing but the write below may learn of the loss
+        await writer.close()
+        await asyncio.to_thread(fault_server.restart, keep_data=False)
+        assert await a.register_node(NodeSpec(node_id="n0", pool="p", max_jobs=1, status="draining")) == 1
+        node, epoch = a.cached("p", "n0"), a.state().positions["p"][1]
+        assert node is None or epoch != old_epoch, (
+            f"L1 holds n0 of the new life ({node}) under the old epoch: it had n0 at version 2"
+        )
+        writer = store_for(cfg)
+        truth = await redis_view(writer, "p")
+        new_epoch = (await writer.pool_state("p"))[1]
+        await writer.close()
+        assert truth == {"n0": (1, 0, "draining")} and new_epoch not in (None, old_epoch)
+        await eventually(
+            lambda: cache_view(a, "p") == truth and a.state().positions["p"][1] == new_epoch,
+            5.0,
+            f"L1 {cache_view(a, 'p')} at epoch {a.state().positions['p'][1]} to equal Redis {truth}",
+        )
+
+
+async def test_a_fill_after_a_data_loss_does_not_mix_lives(fault_server: RedisServer, ns: str) -> None:
+    """A read that fills L1 from a Redis that lost its data must not put the new life's record in L1.
+
+    The sibling of ``test_own_write_after_a_data_loss_does_not_mix_lives`` on the read path:
+    ``ReadPath._fill`` (lockless/reads.py) applies whatever ``HGETALL`` returns. After an
+    empty restart that the instance has not noticed yet (no probe, subscription not yet
+    re-established), a node another writer registered again comes back at version 1
+    into an L1 that showed it at version 2 and still holds the old life's records under
+    the old epoch. The fill had no way to tell: its record carries no epoch, and a low
+    version is normal for a read. Fix: the fill reads the pool's epoch in the same
+    pipeline; a record of another epoch than L1's is answered but kept out of L1, and
+    the loss reported (the pool is relisted with reset, as after the probe found it).
+    """
+    base = fast_config(fault_server.url, ns)
+    cfg = dataclasses.replace(base, subscriber=dataclasses.replace(base.subscriber, ping_interval_s=30.0))
+    writer = store_for(cfg)
+    async with LocklessRegistry(cfg, instance="a") as a:
+        await a.register_node(NodeSpec(node_id="n0", pool="p", max_jobs=1))
+        await a.register_node(NodeSpec(node_id="n0", pool="p", max_jobs=2))
+        await a.register_node(NodeSpec(node_id="n1", pool="p", max_jobs=1))
+        assert await a.remove_node("p", "n0")
+        await eventually(lambda: a.last_seq("p") == 4, 3.0, "the events of the writes")
+        relists = a.metrics()["relists"]
+        fault_server.kill_clients("pubsub")
+        await writer.register(NodeSpec(node_id="n1", pool="p", max_jobs=3))
+        await writer.client.xtrim(writer.keys.log("p"), maxlen=0, approximate=False)
+        await eventually(
+            lambda: a.metrics()["relists"] > relists and a.last_seq("p") == 5 and a.mode is Mode.NORMAL,
+            5.0,
+            "the relist after the reconnect (it drops n0's tombstone)",
+        )
+        old_epoch = a.state().positions["p"][1]
+
+        await a._subscriber.stop()  # nothing but the read below may learn of the loss
+        await writer.close()
+        await asyncio.to_thread(fault_server.restart, keep_data=False)
+        writer = store_for(cfg)
+        assert await writer.register(NodeSpec(node_id="n0", pool="p", max_jobs=1, status="draining")) == 1
+        await writer.close()
+        read = await a.get_node("p", "n0")
+        assert read is not None and (read.version, read.status) == (1, "draining")  # Redis's answer
+        node, epoch = a.cached("p", "n0"), a.state().positions["p"][1]
+        assert node is None or epoch != old_epoch, (
+            f"L1 holds n0 of the new life ({node}) under the old epoch: it had n0 at version 2"
+        )
+        writer = store_for(cfg)
+        truth = await redis_view(writer, "p")
+        new_epoch = (await writer.pool_state("p"))[1]
+        await writer.close()
+        await eventually(
+            lambda: cache_view(a, "p") == truth and a.state().positions["p"][1] == new_epoch,
+            5.0,
+            f"L1 {cache_view(a, 'p')} at epoch {a.state().positions['p'][1]} to equal Redis {truth}",
+        )
