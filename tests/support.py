@@ -18,6 +18,12 @@ from lockless.config import (
 from lockless.core.modes import ModeThresholds
 from lockless.redis.store import RedisStore
 
+#: Faults are noticed through the socket timeout (a paused server still accepts connections:
+#: the kernel completes the handshake) and refused connects (a stopped one). The connect
+#: timeout only has to outlast a stall of the shared 2-core CI machine: at 0.25 s, one such
+#: stall made ``start()``'s first PING to a healthy server time out (CI run of 2026-12-01).
+CONNECT_TIMEOUT_S = 1.0
+
 
 async def eventually(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
     """Poll ``condition`` on the running loop until truthy; fail the test after ``timeout`` seconds."""
@@ -33,7 +39,11 @@ def fast_config(url: str, ns: str, pools: tuple[str, ...] = ("p",), **cache: obj
     return RegistryConfig(
         pools=pools,
         redis=RedisConfig(
-            url=url, namespace=ns, socket_timeout_s=0.25, connect_timeout_s=0.25, pool_timeout_s=0.25
+            url=url,
+            namespace=ns,
+            socket_timeout_s=0.25,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            pool_timeout_s=0.25,
         ),
         nodes=NodeLifecycleConfig(dead_after_s=30.0, ttl_s=120.0),
         cache=CacheConfig(**cache),  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from lockless.config import (
 )
 from lockless.core.modes import ModeThresholds
 from lockless.core.snapshot import NodeSpec, Requirements
+from tests.support import CONNECT_TIMEOUT_S
 
 POOLS = ("p", "q")
 NODE_IDS = ("n0", "n1", "n2")
@@ -153,7 +154,11 @@ def instance_config(url: str, ns: str, seed: int) -> RegistryConfig:
     return RegistryConfig(
         pools=POOLS,
         redis=RedisConfig(
-            url=url, namespace=ns, socket_timeout_s=0.25, connect_timeout_s=0.25, pool_timeout_s=0.25
+            url=url,
+            namespace=ns,
+            socket_timeout_s=0.25,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            pool_timeout_s=0.25,
         ),
         nodes=NodeLifecycleConfig(
             dead_after_s=DEAD_AFTER_S, ttl_s=6 * DEAD_AFTER_S, load_tolerance=LOAD_TOLERANCE, reap_grace_s=0.0
