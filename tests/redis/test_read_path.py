@@ -28,7 +28,7 @@ from lockless.redis.connection import ConnectionFactory
 from lockless.redis.keys import KeySpace
 from lockless.redis.store import RedisStore
 from lockless.registry import LocklessRegistry
-from tests.support import cache_view, eventually, redis_view
+from tests.support import CONNECT_TIMEOUT_S, cache_view, eventually, redis_view
 
 POOL = "p"
 
@@ -41,7 +41,11 @@ def make_config(
     return RegistryConfig(
         pools=(POOL,),
         redis=RedisConfig(
-            url=url, namespace=ns, socket_timeout_s=timeout, connect_timeout_s=timeout, pool_timeout_s=timeout
+            url=url,
+            namespace=ns,
+            socket_timeout_s=timeout,
+            connect_timeout_s=max(timeout, CONNECT_TIMEOUT_S),
+            pool_timeout_s=timeout,
         ),
         nodes=NodeLifecycleConfig(dead_after_s=30.0, ttl_s=120.0),
         cache=CacheConfig(seed=1, **cache),

@@ -24,7 +24,7 @@ from lockless.protocol import Heartbeat
 from lockless.redis.keys import KeySpace
 from lockless.redis.store import RedisStore
 from lockless.registry import LocklessRegistry
-from tests.support import eventually, fast_config
+from tests.support import CONNECT_TIMEOUT_S, eventually, fast_config
 
 POOL = "p"
 
@@ -36,7 +36,11 @@ def spec(node_id: str, max_jobs: int = 2) -> NodeSpec:
 def make_store(url: str, ns: str, timeout: float = 2.0) -> RedisStore:
     return RedisStore(
         RedisConfig(
-            url=url, namespace=ns, socket_timeout_s=timeout, connect_timeout_s=timeout, pool_timeout_s=timeout
+            url=url,
+            namespace=ns,
+            socket_timeout_s=timeout,
+            connect_timeout_s=max(timeout, CONNECT_TIMEOUT_S),
+            pool_timeout_s=timeout,
         ),
         NodeLifecycleConfig(),
     )
